@@ -1,0 +1,121 @@
+"""Llama-family decoder: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU.
+
+Blocks are stacked along a leading 'layers' axis and run with `lax.scan`; an
+optional KV cache (one array per k/v, [layers, batch, slots, kv_heads, head_dim])
+serves incremental decoding. A token at position p is written to cache slot p
+and attends to slots <= p, so rows of a batch may sit at different lengths.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from comd_jax.models import rope as rope_lib
+from comd_jax.models.config import DecoderConfig
+from comd_jax.models.layers import Dense, RMSNorm, activation, attention, constrain, normal_param, scan_layers
+
+BATCH_LENGTH_EMBED = ("batch", "length", "embed")
+
+
+class DecoderBlock(nnx.Module):
+    def __init__(self, cfg: DecoderConfig, *, rngs, param_dtype, dtype, rules, stack=None):
+        d, h, k, hd, f = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size
+        kw = dict(rngs=rngs, param_dtype=param_dtype, dtype=dtype, stack=stack)
+        self.rules = rules
+        self.scale = hd ** -0.5
+        self.act = cfg.hidden_act
+        self.input_norm = RMSNorm(d, cfg.rms_norm_eps, param_dtype=param_dtype, dtype=dtype, stack=stack)
+        self.q = Dense((d,), (h, hd), ("embed", "heads", "head_dim"), bias=cfg.attention_bias, **kw)
+        self.k = Dense((d,), (k, hd), ("embed", "kv_heads", "head_dim"), bias=cfg.attention_bias, **kw)
+        self.v = Dense((d,), (k, hd), ("embed", "kv_heads", "head_dim"), bias=cfg.attention_bias, **kw)
+        self.o = Dense((h, hd), (d,), ("heads", "head_dim", "embed"), bias=cfg.attention_bias, **kw)
+        self.post_norm = RMSNorm(d, cfg.rms_norm_eps, param_dtype=param_dtype, dtype=dtype, stack=stack)
+        self.gate = Dense((d,), (f,), ("embed", "mlp"), bias=cfg.mlp_bias, **kw)
+        self.up = Dense((d,), (f,), ("embed", "mlp"), bias=cfg.mlp_bias, **kw)
+        self.down = Dense((f,), (d,), ("mlp", "embed"), bias=cfg.mlp_bias, **kw)
+
+    def _attend(self, x, ctx, cache):
+        q = self.q(x)
+        k = self.k(x)
+        v = self.v(x)
+        q = rope_lib.apply_rotary(q, ctx["cos"], ctx["sin"])
+        k = rope_lib.apply_rotary(k, ctx["cos"], ctx["sin"])
+        q = constrain(q, ("batch", "length", "heads", "head_dim"), self.rules)
+        if cache is not None:
+            rows = jnp.arange(x.shape[0])[:, None]
+            k = cache["k"].at[rows, ctx["positions"]].set(k.astype(cache["k"].dtype))
+            v = cache["v"].at[rows, ctx["positions"]].set(v.astype(cache["v"].dtype))
+            cache = {"k": k, "v": v}
+            k, v = k.astype(q.dtype), v.astype(q.dtype)
+        out = attention(q, k, v, ctx["mask"], self.scale)
+        return self.o(out), cache
+
+    def scan_step(self, carry, cache):
+        x, ctx = carry
+        attn, cache = self._attend(self.input_norm(x), ctx, cache)
+        x = constrain(x + attn, BATCH_LENGTH_EMBED, self.rules)
+        h = self.post_norm(x)
+        hidden = activation(self.act)(self.gate(h)) * self.up(h)
+        hidden = constrain(hidden, ("batch", "length", "mlp"), self.rules)
+        x = constrain(x + self.down(hidden), BATCH_LENGTH_EMBED, self.rules)
+        return (x, ctx), cache
+
+
+class Decoder(nnx.Module):
+    def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32,
+                 dtype=jnp.float32, remat: bool = False, rules=None):
+        self.cfg = cfg
+        self.dtype = dtype
+        self.remat = remat
+        self.rules = rules
+        self.embed = normal_param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), param_dtype)
+        self.layers = DecoderBlock(cfg, rngs=rngs, param_dtype=param_dtype, dtype=dtype, rules=rules,
+                                   stack=cfg.num_layers)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype, dtype=dtype)
+        self.lm_head = None if cfg.tie_word_embeddings else Dense(
+            (cfg.hidden_size,), (cfg.vocab_size,), ("embed", "vocab"), bias=False, rngs=rngs,
+            param_dtype=param_dtype, dtype=dtype)
+
+    def embed_tokens(self, ids_bt: jax.Array) -> jax.Array:
+        out = jnp.take(self.embed[...], ids_bt, axis=0).astype(self.dtype)
+        return constrain(out, BATCH_LENGTH_EMBED, self.rules)
+
+    def init_cache(self, batch: int, slots: int, dtype=None) -> dict:
+        cfg = self.cfg
+        shape = (cfg.num_layers, batch, slots, cfg.num_kv_heads, cfg.head_dim)
+        dtype = dtype or self.dtype
+        return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+    def __call__(self, x_btd: jax.Array, positions_bt: jax.Array,
+                 attention_mask_bt: Optional[jax.Array] = None, cache: Optional[dict] = None):
+        """Final hidden states [B, T, D] (normed) and the updated cache (or None).
+
+        Without a cache, token t attends to tokens s <= t whose attention_mask is 1.
+        With a cache, token at position p attends to cache slots <= p.
+        """
+        cfg = self.cfg
+        cos, sin = rope_lib.rotary_tables(cfg.rope, cfg.head_dim, cfg.max_position_embeddings, positions_bt)
+        if cache is None:
+            t = x_btd.shape[1]
+            mask = jnp.tril(jnp.ones((t, t), bool))[None]
+            if attention_mask_bt is not None:
+                mask = mask & attention_mask_bt.astype(bool)[:, None, :]
+        else:
+            slots = cache["k"].shape[2]
+            mask = jnp.arange(slots)[None, None, :] <= positions_bt[:, :, None]
+        ctx = {"cos": cos, "sin": sin, "mask": mask, "positions": positions_bt}
+        (x, _), cache = scan_layers(self.layers, (x_btd, ctx), cache, remat=self.remat)
+        return self.norm(x), cache
+
+    def logits(self, hidden_btd: jax.Array) -> jax.Array:
+        """float32 logits [B, T, vocab]."""
+        if self.lm_head is None:
+            w = self.embed[...].astype(self.dtype)
+            out = jnp.einsum("btd,vd->btv", hidden_btd, w, preferred_element_type=jnp.float32)
+        else:
+            w = self.lm_head.kernel[...].astype(self.dtype)
+            out = jnp.einsum("btd,dv->btv", hidden_btd, w, preferred_element_type=jnp.float32)
+        return constrain(out, ("batch", "length", "vocab"), self.rules)

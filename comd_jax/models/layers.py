@@ -1,0 +1,148 @@
+"""Building blocks shared by the vision tower, projector and decoder.
+
+Every parameter carries `logical_axes` metadata (one name per dimension);
+`comd_jax.sharding` maps those names to mesh axes with a per-recipe table.
+Stacked (scanned) layers carry a leading 'layers' axis.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+INIT_STDDEV = 0.02  # transformers' default initializer_range for Llama and CLIP
+
+ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "relu": jax.nn.relu,
+}
+
+
+def activation(name: str):
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}") from None
+
+
+def stacked(shape: Sequence[int], axes: Sequence[str], stack: Optional[int]):
+    """Prefix a leading 'layers' dimension when the block is one of a scanned stack."""
+    if stack is None:
+        return tuple(shape), tuple(axes)
+    return (stack, *shape), ("layers", *axes)
+
+
+def normal_param(rngs: nnx.Rngs, shape, axes, dtype, stack=None) -> nnx.Param:
+    shape, axes = stacked(shape, axes, stack)
+    value = INIT_STDDEV * jax.random.normal(rngs.params(), shape, jnp.float32)
+    return nnx.Param(value.astype(dtype), logical_axes=axes)
+
+
+def const_param(value: float, shape, axes, dtype, stack=None) -> nnx.Param:
+    shape, axes = stacked(shape, axes, stack)
+    return nnx.Param(jnp.full(shape, value, dtype), logical_axes=axes)
+
+
+def constrain(x: jax.Array, axes: Sequence[Optional[str]], rules) -> jax.Array:
+    """Annotate an activation's sharding by logical names; a no-op outside a mesh context."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if rules is None or mesh.empty:
+        return x
+    from comd_jax.sharding import logical_to_spec  # local import: sharding imports models
+
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(axes, x.shape, rules, mesh))
+
+
+class Dense(nnx.Module):
+    """y = x @ W (+ b) with W of shape in_shape + out_shape, contracted over in_shape."""
+
+    def __init__(self, in_shape, out_shape, axes, *, bias: bool, rngs: nnx.Rngs,
+                 param_dtype=jnp.float32, dtype=jnp.float32, stack=None):
+        in_shape, out_shape = tuple(in_shape), tuple(out_shape)
+        self.n_in = len(in_shape)
+        self.dtype = dtype
+        self.kernel = normal_param(rngs, in_shape + out_shape, axes, param_dtype, stack)
+        self.bias = (const_param(0.0, out_shape, axes[len(in_shape):], param_dtype, stack)
+                     if bias else None)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.kernel[...].astype(self.dtype)
+        contract = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in)))
+        y = jax.lax.dot_general(x.astype(self.dtype), kernel, (contract, ((), ())))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, *, param_dtype=jnp.float32, dtype=jnp.float32, stack=None):
+        self.eps = eps
+        self.dtype = dtype
+        self.weight = const_param(1.0, (dim,), ("norm",), param_dtype, stack)
+
+    def __call__(self, x):
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        # Llama casts back to the input dtype before scaling; keep that order for parity.
+        return (self.weight[...].astype(self.dtype) * x32.astype(self.dtype)).astype(self.dtype)
+
+
+class LayerNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, *, param_dtype=jnp.float32, dtype=jnp.float32, stack=None):
+        self.eps = eps
+        self.dtype = dtype
+        self.weight = const_param(1.0, (dim,), ("norm",), param_dtype, stack)
+        self.bias = const_param(0.0, (dim,), ("norm",), param_dtype, stack)
+
+    def __call__(self, x):
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        y = y * self.weight[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+NEG_INF = -1e30  # finite, so a fully masked row stays NaN-free
+
+
+def attention(q_btnh, k_bskh, v_bskh, mask_bts: Optional[jax.Array], scale: float) -> jax.Array:
+    """Grouped-query attention: q has N heads, k/v have K heads, N a multiple of K.
+
+    Softmax runs in float32 whatever the compute dtype.
+    """
+    b, t, n, h = q_btnh.shape
+    k_heads = k_bskh.shape[2]
+    q = q_btnh.reshape(b, t, k_heads, n // k_heads, h)
+    scores = jnp.einsum("btkgh,bskh->bkgts", q, k_bskh, preferred_element_type=jnp.float32)
+    scores = scores * scale
+    if mask_bts is not None:
+        scores = jnp.where(mask_bts[:, None, None, :, :], scores, NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_bskh.dtype)
+    out = jnp.einsum("bkgts,bskh->btkgh", probs, v_bskh)
+    return out.reshape(b, t, n, h)
+
+
+def scan_layers(blocks: nnx.Module, carry, xs=None, *, remat: bool = False, num_layers=None):
+    """Run a stack of identical blocks (params with a leading 'layers' axis) with lax.scan.
+
+    `body(block, carry, x) -> (carry, y)` is the block's `scan_step`; one compiled
+    layer keeps compile time flat in depth. `num_layers` runs only the first n blocks.
+    """
+    graphdef, state = nnx.split(blocks)
+    if num_layers is not None:
+        state = jax.tree.map(lambda a: a[:num_layers], state)
+
+    def body(c, inputs):
+        layer_state, x = inputs
+        return nnx.merge(graphdef, layer_state).scan_step(c, x)
+
+    if remat:
+        body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+    return jax.lax.scan(body, carry, (state, xs))

@@ -1,0 +1,35 @@
+"""comd_jax: Competitive Multi-modal Distillation in JAX/Flax NNX."""
+from setuptools import find_packages, setup
+
+# Ranges stay loose on purpose: accelerator machines bring their own JAX/flax
+# builds and install this package with `pip install --no-deps -e .`.
+INSTALL_REQUIRES = [
+    "jax>=0.6",
+    "flax>=0.11",
+    "optax>=0.2.4",
+    "orbax-checkpoint>=0.11",
+    "ml_collections>=0.1.1",
+    "absl-py>=1.0",
+    "numpy>=1.26",
+    "safetensors>=0.4",
+    "transformers>=4.45",
+    "tokenizers>=0.19",
+    "pillow>=10.0",
+    "tqdm>=4.60",
+]
+
+TEST_REQUIRES = [
+    "pytest>=8",
+    # Test-only PyTorch reference for parity; the exact pin takes the CPU build on disk.
+    "torch==2.13.0",
+]
+
+setup(
+    name="comd_jax",
+    version="0.1.0",
+    description="Competitive Multi-modal Distillation (CoMD) of LLaVA-style models in JAX/Flax NNX",
+    packages=find_packages(include=["comd_jax", "comd_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+)
