@@ -1,0 +1,49 @@
+"""Validate once: the experiment ConfigDict → small frozen dataclasses.
+
+Each module receives only its own dataclass, never the whole experiment config.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from comd_jax.models.config import DecoderConfig, RopeConfig, VisionConfig, VLMConfig
+from comd_jax.sharding import MeshConfig
+from comd_jax.train.optim import OptimConfig
+
+
+def _fields(cls, section, drop=()) -> dict:
+    names = {f.name for f in dataclasses.fields(cls)} - set(drop)
+    values = section.to_dict() if isinstance(section, ml_collections.ConfigDict) else dict(section)
+    unknown = set(values) - names - set(drop)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown settings {sorted(unknown)}; known: {sorted(names)}")
+    return {k: v for k, v in values.items() if k in names}
+
+
+def _tuples(d: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+def model_config(section) -> VLMConfig:
+    """`config.model` (or `config.teacher`) → VLMConfig."""
+    values = section.to_dict() if isinstance(section, ml_collections.ConfigDict) else dict(section)
+    text = dict(values.pop("text"))
+    rope = RopeConfig(**_tuples(text.pop("rope", {}) or {}))
+    fields = _fields(VLMConfig, {**values, "text": None, "vision": None})
+    vision = values.get("vision")
+    fields["text"] = DecoderConfig(rope=rope, **_fields(DecoderConfig, text, drop=("rope",)))
+    fields["vision"] = VisionConfig(**_fields(VisionConfig, vision)) if vision else None
+    return VLMConfig(**fields)
+
+
+def mesh_config(section) -> MeshConfig:
+    return MeshConfig(**_fields(MeshConfig, section))
+
+
+def optim_config(section) -> OptimConfig:
+    """A training stage section (`config.stage1`, `config.tune`); non-optimizer keys are ignored."""
+    values = section.to_dict() if isinstance(section, ml_collections.ConfigDict) else dict(section)
+    names = {f.name for f in dataclasses.fields(OptimConfig)}
+    return OptimConfig(**_tuples({k: v for k, v in values.items() if k in names}))

@@ -1,0 +1,1 @@
+"""Training: optimizer and labels, train state from shapes, the pure jitted step."""

@@ -1,0 +1,120 @@
+"""The pure train step `(state, batch, rng) -> (state, metrics)`, jitted in one place.
+
+Loss: next-token cross-entropy on positions whose `loss_mask` is 1, normalized
+by the number of target tokens in the whole global batch, so gradient
+accumulation over microbatches gives exactly the full-batch gradient.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from comd_jax import sharding as shd
+from comd_jax.train.optim import TRAIN, schedule
+from comd_jax.train.state import Setup, TrainState
+
+def token_losses(model, batch):
+    """Summed next-token NLL, target count and correct count over one (micro)batch."""
+    logits = model(batch["input_ids"], batch.get("pixel_values"), batch["attention_mask"])
+    targets = batch["input_ids"][:, 1:]
+    weights = batch["loss_mask"][:, 1:].astype(jnp.float32)
+    logits = logits[:, :-1]
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    return jnp.sum(nll * weights), jnp.sum(weights), jnp.sum(correct * weights)
+
+
+def _freeze(params: dict, labels: dict) -> dict:
+    """Frozen leaves get no gradient, so XLA drops their backward pass."""
+    return jax.tree.map(lambda p, l: p if l == TRAIN else jax.lax.stop_gradient(p), params, labels)
+
+
+def _microbatches(batch: dict, accum: int, setup: Setup) -> dict:
+    """[B, ...] → [accum, B/accum, ...]; microbatch k takes rows k, k+accum, ... so every
+    device keeps an equal share of each microbatch (no resharding)."""
+    batch_axes = dict(setup.rules).get("batch", shd.BATCH)
+
+    def split(x):
+        b = x.shape[0]
+        if b % accum:
+            raise ValueError(f"global batch {b} is not divisible by grad_accum_steps={accum}")
+        x = x.reshape(b // accum, accum, *x.shape[1:]).swapaxes(0, 1)
+        return jax.lax.with_sharding_constraint(
+            x, NamedSharding(setup.mesh, P(None, batch_axes, *([None] * (x.ndim - 2)))))
+
+    return jax.tree.map(split, batch)
+
+
+def build_train_step(setup: Setup, grad_accum_steps: int = 1) -> Callable:
+    """The jitted train step with in/out shardings and the state donated."""
+    lr_schedule = schedule(setup.optim_cfg)
+
+    def grads_of(params, batch, total_tokens):
+        def loss_fn(p):
+            nll, _, correct = token_losses(setup.model(_freeze(p, setup.labels)), batch)
+            return nll / total_tokens, correct
+
+        return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+    def train_step(state: TrainState, batch: dict, rng: jax.Array):
+        del rng  # LLaVA trains without dropout; kept in the signature for variants that sample
+        total = jnp.maximum(jnp.sum(batch["loss_mask"][:, 1:].astype(jnp.float32)), 1.0)
+        if grad_accum_steps == 1:
+            (loss, correct), grads = grads_of(state.params, batch, total)
+        else:
+            def body(carry, micro):
+                loss_acc, correct_acc, grad_acc = carry
+                (loss, correct), grads = grads_of(state.params, micro, total)
+                return (loss_acc + loss, correct_acc + correct, jax.tree.map(jnp.add, grad_acc, grads)), None
+
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            (loss, correct, grads), _ = jax.lax.scan(
+                body, (0.0, 0.0, zeros), _microbatches(batch, grad_accum_steps, setup))
+        trainable_grads = jax.tree.map(lambda g, l: g if l == TRAIN else None, grads, setup.labels)
+        updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
+        params = jax.tree.map(lambda p, u, l: p + u.astype(p.dtype) if l == TRAIN else p,
+                              state.params, updates, setup.labels)
+        metrics = {
+            "loss": loss,
+            "accuracy": correct / total,
+            "target_tokens": total,
+            "grad_norm": optax.global_norm(trainable_grads),
+            "learning_rate": lr_schedule(state.step),
+        }
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    replicated = NamedSharding(setup.mesh, P())
+    return jax.jit(train_step,
+                   in_shardings=(setup.state_shardings, batch_shardings(setup), replicated),
+                   out_shardings=(setup.state_shardings, replicated),
+                   donate_argnums=(0,))
+
+
+BATCH_NDIMS = {"input_ids": 2, "attention_mask": 2, "loss_mask": 2, "pixel_values": 5}
+
+
+def batch_keys(setup: Setup) -> tuple:
+    """What the step consumes: pixel_values only when the model has a vision tower."""
+    return tuple(k for k in BATCH_NDIMS if k != "pixel_values" or setup.model_cfg.vision is not None)
+
+
+def batch_shardings(setup: Setup) -> dict:
+    """Every batch array split along its leading (batch) axis."""
+    axes = dict(setup.rules).get("batch", shd.BATCH)
+    return {k: NamedSharding(setup.mesh, P(axes, *([None] * (BATCH_NDIMS[k] - 1))))
+            for k in batch_keys(setup)}
+
+
+def build_eval_step(setup: Setup) -> Callable:
+    """Summed loss/targets/correct on a batch, for held-out loss."""
+    def eval_step(params, batch):
+        nll, count, correct = token_losses(setup.model(params), batch)
+        return {"nll_sum": nll, "target_tokens": count, "correct": correct}
+
+    replicated = NamedSharding(setup.mesh, P())
+    return jax.jit(eval_step, in_shardings=(setup.state_shardings.params, batch_shardings(setup)),
+                   out_shardings=replicated)

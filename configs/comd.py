@@ -1,0 +1,95 @@
+"""CoMD experiment config.
+
+Launch (offline default):   python launch/train.py --config=configs/comd.py
+Presets via the argument:   --config=configs/comd.py:smoke | :paper | :ablation
+
+- default: the offline synthetic world, tiny student and 4x larger teacher, CPU-sized.
+- smoke: the smallest size that still exercises every phase (CI).
+- paper: Vicuna-7B + CLIP ViT-L/14-336 + mlp2x_gelu student, LLaVA-1.5-13B teacher,
+  LLaVA-1.5 recipes (stage 1: lr 1e-3, batch 256; tuning: lr 2e-5, batch 128, cosine, 3% warmup).
+- ablation: the default world, CoMD vs plain distillation.
+
+Memory check before renting a pod:
+  python -m comd_jax.bench.compile_check --config=configs/comd.py:paper --topology=v5p-8
+"""
+import ml_collections
+
+VICUNA_7B = dict(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32,
+                 num_kv_heads=32, rms_norm_eps=1e-5, max_position_embeddings=4096, rope=dict(theta=10000.0))
+LLAMA_13B = dict(vocab_size=32064, hidden_size=5120, intermediate_size=13824, num_layers=40, num_heads=40,
+                 num_kv_heads=40, rms_norm_eps=1e-5, max_position_embeddings=4096, rope=dict(theta=10000.0))
+CLIP_L14_336 = dict(hidden_size=1024, intermediate_size=4096, num_layers=24, num_heads=16, image_size=336,
+                    patch_size=14)
+
+
+def _model(text, vision, *, image_token_id, projector="mlp2x_gelu", dtype="float32", param_dtype="float32",
+           remat=False):
+    return ml_collections.ConfigDict(dict(
+        text=dict(text), vision=dict(vision), projector=projector, image_token_id=image_token_id,
+        feature_layer=-2, select_strategy="default", dtype=dtype, param_dtype=param_dtype, remat=remat))
+
+
+def _stage(**kw):
+    base = dict(learning_rate=2e-5, warmup_ratio=0.03, total_steps=100, schedule="cosine", weight_decay=0.0,
+                grad_clip=1.0, global_batch=8, grad_accum_steps=1, seq_len=128,
+                trainable=["projector/.*", "text/.*"])
+    base.update(kw)
+    return ml_collections.ConfigDict(base)
+
+
+def _offline(text_width, layers, vision_width, vision_layers):
+    text = dict(vocab_size=1024, hidden_size=text_width, intermediate_size=text_width * 4 // 1, num_layers=layers,
+                num_heads=max(text_width // 32, 1), num_kv_heads=max(text_width // 64, 1),
+                max_position_embeddings=512, tie_word_embeddings=False, rope=dict(theta=10000.0))
+    vision = dict(hidden_size=vision_width, intermediate_size=vision_width * 4, num_layers=vision_layers,
+                  num_heads=max(vision_width // 32, 1), image_size=32, patch_size=4)
+    return _model(text, vision, image_token_id=4)
+
+
+def get_config(arg: str = "default") -> ml_collections.ConfigDict:
+    presets = {"default": _default, "smoke": _smoke, "paper": _paper, "ablation": _ablation}
+    if arg not in presets:
+        raise ValueError(f"unknown preset {arg!r}; choose one of {sorted(presets)}")
+    config = presets[arg]()
+    config.preset = arg
+    return config
+
+
+def _default():
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.model = _offline(128, 4, 64, 2)  # student
+    c.teacher = _offline(256, 6, 128, 3)  # ~4x the student's parameters
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, recipe="fsdp"))
+    c.stage1 = _stage(learning_rate=1e-3, trainable=["projector/.*"], global_batch=32, total_steps=200)
+    c.tune = _stage(learning_rate=3e-4, global_batch=32, total_steps=300)
+    return c
+
+
+def _smoke():
+    c = _default()
+    c.model = _offline(64, 2, 32, 1)
+    c.teacher = _offline(128, 2, 64, 1)
+    c.stage1.total_steps = 10
+    c.tune.total_steps = 10
+    return c
+
+
+def _paper():
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    # Vicuna-7B + CLIP ViT-L/14-336 + mlp2x_gelu; <image> is id 32000 in LLaVA-1.5's tokenizer.
+    c.model = _model(VICUNA_7B, CLIP_L14_336, image_token_id=32000, dtype="bfloat16", param_dtype="float32",
+                     remat=True)
+    c.teacher = _model(LLAMA_13B, CLIP_L14_336, image_token_id=32000, dtype="bfloat16", param_dtype="bfloat16")
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, recipe="fsdp"))
+    c.stage1 = _stage(learning_rate=1e-3, global_batch=256, seq_len=2048, trainable=["projector/.*"],
+                      total_steps=2180)  # 558K captions / 256, one epoch
+    c.tune = _stage(learning_rate=2e-5, global_batch=128, grad_accum_steps=16, seq_len=2048, total_steps=5200)
+    return c
+
+
+def _ablation():
+    c = _default()
+    c.compare = ["comd", "plain"]
+    return c
