@@ -16,6 +16,13 @@ INSTALL_REQUIRES = [
     "tokenizers>=0.19",
     "pillow>=10.0",
     "tqdm>=4.60",
+    # Input pipeline (comd_jax/data): grain's checkpointable iterators; TFDS
+    # read/written without TensorFlow through array_record.
+    "grain>=0.2.10",
+    "tensorflow-datasets>=4.9.7",
+    "array-record>=0.5",
+    # TFDS imports it on Python >= 3.9 but only declares it for < 3.9.
+    "importlib_resources>=5",
 ]
 
 TEST_REQUIRES = [

@@ -1,0 +1,1 @@
+"""The offline synthetic visual world (scenes, skills, TFDS builder, export, tokenizer)."""
