@@ -47,7 +47,7 @@ class LlavaJsonSource:
         line_number, line = self._lines[index]
         origin = f"{self._name}:{line_number}"
         try:
-            item = json.loads(line)
+            item = json.loads(line.strip())
         except json.JSONDecodeError as e:
             return RawExample(
                 f"line{line_number}", origin, None, error=(errors.MALFORMED_JSON, str(e))

@@ -1,5 +1,6 @@
 """Shared fixtures: a word-level transformers tokenizer whose ids we know by heart,
 tiny LLaVA datasets on disk, and a tiny synthetic world."""
+
 from __future__ import annotations
 
 import io
@@ -18,8 +19,7 @@ SYSTEM_WORDS = (
 ).split()
 WORDS = sorted(
     set(
-        SYSTEM_WORDS
-        + "USER ASSISTANT : ? . , ! What colour is the circle It red Is it big Yes No "
+        SYSTEM_WORDS + "USER ASSISTANT : ? . , ! What colour is the circle It red Is it big Yes No "
         "Describe image A square blue green How many There are two one".split()
         + [f"w{i}" for i in range(64)]
     )
@@ -83,7 +83,9 @@ def write_image_folder(folder: str) -> None:
         f.write(big.getvalue()[: len(big.getvalue()) // 2])
 
 
-def sample(sample_id, answer="It is red .", image="good.png", question="<image>\nWhat colour is it ?"):
+def sample(
+    sample_id, answer="It is red .", image="good.png", question="<image>\nWhat colour is it ?"
+):
     turns = [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
     record = {"id": sample_id, "conversations": turns}
     if image is not None:

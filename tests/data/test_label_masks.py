@@ -1,4 +1,5 @@
 """Label masks against token sequences written out by hand."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -109,7 +110,10 @@ def test_llama_2_and_chatml_render_exactly():
     llama = "".join(
         s.text for s in TEMPLATES["llama_2"].render(messages, bos="<s>", eos="</s>", system="S")
     )
-    assert llama == "<s>[INST] <<SYS>>\nS\n<</SYS>>\n\n<image>\nQ1 [/INST] A1 </s><s>[INST] Q2 [/INST] A2 </s>"
+    assert (
+        llama
+        == "<s>[INST] <<SYS>>\nS\n<</SYS>>\n\n<image>\nQ1 [/INST] A1 </s><s>[INST] Q2 [/INST] A2 </s>"
+    )
     chatml = TEMPLATES["chatml"].render(messages, system="S")
     assert "".join(s.text for s in chatml) == (
         "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\n<image>\nQ1<|im_end|>\n"
@@ -117,7 +121,9 @@ def test_llama_2_and_chatml_render_exactly():
         "<|im_start|>assistant\nA2<|im_end|>\n"
     )
     assert [s.text for s in chatml if s.trained] == ["A1<|im_end|>", "A2<|im_end|>"]
-    assert TEMPLATES["vicuna_v1"].render_prompt([("user", "Q")], system="S") == "S USER: Q ASSISTANT:"
+    assert (
+        TEMPLATES["vicuna_v1"].render_prompt([("user", "Q")], system="S") == "S USER: Q ASSISTANT:"
+    )
 
 
 def test_new_template_is_a_few_lines():
@@ -196,7 +202,9 @@ def test_hf_assistant_mask_agrees_with_ours(tmp_path):
     texts = ["What colour is the circle? It is red. Is it big? Yes, it is big."] * 20
     path = train_tokenizer(texts, str(tmp_path / "bpe"), vocab_size=300)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    conv = turns(("<image>\nWhat colour is the circle?", "It is red."), ("Is it big?", "Yes, it is big."))
+    conv = turns(
+        ("<image>\nWhat colour is the circle?", "It is red."), ("Is it big?", "Yes, it is big.")
+    )
     ours = run("vicuna_v1", conv, tokenizer=tokenizer, num_image_tokens=1)
     messages = [
         {"role": "user" if t["from"] == "human" else "assistant", "content": t["value"]}
