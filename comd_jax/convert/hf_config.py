@@ -18,6 +18,14 @@ def rope_from_hf(cfg: dict) -> RopeConfig:
     kind = merged.pop("rope_type", merged.pop("type", "default"))
     if kind == "dynamic" and "original_max_position_embeddings" not in merged:
         merged["original_max_position_embeddings"] = cfg.get("max_position_embeddings")
+    if kind in ("yarn", "llama3", "longrope"):
+        # transformers' fallbacks: a top-level original length (Phi-3 style) wins, else
+        # max_position_embeddings; a missing factor is the ratio of the two lengths.
+        orig = (cfg.get("original_max_position_embeddings") or merged.get("original_max_position_embeddings")
+                or cfg.get("max_position_embeddings"))
+        merged["original_max_position_embeddings"] = orig
+        if merged.get("factor") is None and kind != "llama3":
+            merged["factor"] = cfg.get("max_position_embeddings", orig) / orig
     for key in ("short_factor", "long_factor"):
         if merged.get(key) is not None:
             merged[key] = tuple(merged[key])
