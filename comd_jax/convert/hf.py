@@ -8,6 +8,7 @@ near one tensor rather than the whole model.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Optional
@@ -120,16 +121,28 @@ def _layer_sharding(sharding: NamedSharding) -> NamedSharding:
     return NamedSharding(sharding.mesh, P(*sharding.spec[1:]))
 
 
+# Jitted helpers are cached per sharding, so leaves (and loads) of equal shapes share
+# one compiled program instead of compiling two per stacked leaf.
+@functools.lru_cache(maxsize=None)
+def _zeros_in(sharding: NamedSharding):
+    return jax.jit(jnp.zeros, static_argnums=(0, 1), out_shardings=sharding)
+
+
+@functools.lru_cache(maxsize=None)
+def _layer_setter(sharding: NamedSharding):
+    return jax.jit(lambda full, one, i: jax.lax.dynamic_update_index_in_dim(full, one, i, 0),
+                   donate_argnums=0, out_shardings=sharding)
+
+
 def _load_leaf(entry, source, prefix, abstract_leaf, sharding, dtype, channels) -> jax.Array:
     shape = abstract_leaf.shape
     if "{i}" not in entry.name:
         return _place(_read_checked(source, layouts.full_name(prefix, entry.name), entry, shape, channels),
                       sharding, dtype)
     # A scanned stack: fill one layer at a time into the sharded [layers, ...] array.
-    stacked = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)()
+    stacked = _zeros_in(sharding)(tuple(shape), dtype)
     layer_sharding = _layer_sharding(sharding)
-    set_layer = jax.jit(lambda full, one, i: jax.lax.dynamic_update_index_in_dim(full, one, i, 0),
-                        donate_argnums=0, out_shardings=sharding)
+    set_layer = _layer_setter(sharding)
     for i in range(shape[0]):
         name = layouts.full_name(prefix, entry.name.format(i=i))
         one = _place(_read_checked(source, name, entry, shape[1:], channels), layer_sharding, dtype)
