@@ -88,20 +88,25 @@ class VLM(nnx.Module):
         """transformers' LLaVA convention: each image's placeholder repeated once per
         feature, pixel_values [N, C, H, W] (or NHWC) for all images in order."""
         input_ids = jnp.asarray(input_ids)
-        pixels, offsets = None, None
-        if pixel_values is not None and self.vision is not None:
-            pixels = to_nhwc(jnp.asarray(pixel_values), self.cfg.vision.num_channels)
-            counts = np.asarray(input_ids == self.cfg.image_token_id).sum(axis=1)
-            expected = pixels.shape[0] * self.cfg.num_image_tokens
-            if counts.sum() != expected:
-                raise ValueError(
-                    f"input_ids hold {int(counts.sum())} image tokens (id {self.cfg.image_token_id}) but "
-                    f"{pixels.shape[0]} image(s) give {expected} features "
-                    f"({self.cfg.num_image_tokens} per image)")
-            offsets = jnp.asarray(np.concatenate([[0], np.cumsum(counts)[:-1]]))
+        pixels, offsets = self.images_in_order(input_ids, pixel_values)
         if attention_mask is not None:
             attention_mask = jnp.asarray(attention_mask)
         return _logits_jit(self, input_ids, pixels, offsets, attention_mask)
+
+    def images_in_order(self, input_ids, pixel_values):
+        """transformers' convention → (NHWC pixels, each row's first feature index), or
+        (None, None) without images. Runs on the host: counts must be concrete."""
+        if pixel_values is None or self.vision is None:
+            return None, None
+        pixels = to_nhwc(jnp.asarray(pixel_values), self.cfg.vision.num_channels)
+        counts = np.asarray(input_ids == self.cfg.image_token_id).sum(axis=1)
+        expected = pixels.shape[0] * self.cfg.num_image_tokens
+        if counts.sum() != expected:
+            raise ValueError(
+                f"input_ids hold {int(counts.sum())} image tokens (id {self.cfg.image_token_id}) but "
+                f"{pixels.shape[0]} image(s) give {expected} features "
+                f"({self.cfg.num_image_tokens} per image)")
+        return pixels, jnp.asarray(np.concatenate([[0], np.cumsum(counts)[:-1]]))
 
     # -- incremental decoding ---------------------------------------------------
     def init_cache(self, batch: int, slots: int, dtype=None) -> dict:
