@@ -103,8 +103,24 @@ def original_linear_clip_vision(tmp):
     return main, ref, kw, dict(projector="linear", select_strategy="full", feature_layer=-3)
 
 
+def original_tower_inside(tmp):
+    """Original-release fine-tunes that trained the tower carry it as
+    `model.vision_tower.vision_tower.vision_model.*`; it must beat the (stale) CLIP directory."""
+    ref = H.llava(6, H.llama_kwargs(), H.clip_vision_kwargs())
+    proj = ref.model.multi_modal_projector
+    keys = {f"model.mm_projector.{i}.{p}": getattr(layer, p).detach().numpy()
+            for i, layer in ((0, proj.linear_1), (2, proj.linear_2)) for p in ("weight", "bias")}
+    keys.update({"model.vision_tower.vision_tower.vision_model." + k: v.detach().numpy()
+                 for k, v in ref.model.vision_tower.state_dict().items()})
+    stale = H.randomize_(type(ref.model.vision_tower)(ref.model.vision_tower.config), 66)
+    stale.save_pretrained(tmp / "stale_clip")
+    main, ref, kw = _original_release(tmp, ref, keys, str(tmp / "stale_clip"), mm_projector_type="mlp2x_gelu",
+                                      mm_vision_select_layer=-2, mm_vision_select_feature="patch")
+    return main, ref, kw, dict(projector="mlp2x_gelu")
+
+
 CASES = [llava_hf_layout, transformers5_sharded, transformers5_module_names,
-         original_mlp2x_clip_model, original_linear_clip_vision]
+         original_mlp2x_clip_model, original_linear_clip_vision, original_tower_inside]
 
 
 @pytest.fixture(scope="module", params=CASES, ids=lambda f: f.__name__)

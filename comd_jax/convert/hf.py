@@ -66,7 +66,9 @@ def _plan(cfg: VLMConfig, main: _Source, vision: Optional[_Source]):
         plan.append((layouts.Entry(("text", "lm_head", "kernel"), main.lm_head, "dense"), main, ""))
     fresh_projector = True
     if cfg.vision is not None:
-        tower = vision if vision is not None else main
+        # A checkpoint that carries its own tower (llava-hf; original-release fine-tunes
+        # that trained it) wins; a separate CLIP directory then only gives its config.
+        tower = main if main.vision_prefix is not None or vision is None else vision
         if tower.vision_prefix is None:
             raise ValueError(f"{tower.directory}: no vision tower weights found "
                              f"(looked for '*{layouts.VISION.probe}')")
@@ -159,7 +161,9 @@ def load_pretrained(directory: str, mesh=None, *, vision_tower: Optional[str] = 
     - `vision_tower`: a CLIP directory (CLIPModel or CLIPVisionModel) to attach to a
       language-model-only `directory`; the projector starts fresh unless
       `directory` has one. Then pass `image_token_id=` (and optionally
-      `projector=`, `feature_layer=`, `select_strategy=`).
+      `projector=`, `feature_layer=`, `select_strategy=`). When `directory` carries
+      tower weights itself (original-release checkpoints that trained the tower),
+      those win and the CLIP directory only supplies the vision config.
     - `overrides`: VLMConfig fields, e.g. `param_dtype='bfloat16'`, `dtype='bfloat16'`, `remat=True`.
     - `strict`: unknown checkpoint keys are an error (they may mean a layout we misread).
     """
@@ -167,7 +171,7 @@ def load_pretrained(directory: str, mesh=None, *, vision_tower: Optional[str] = 
     vision = _Source(vision_tower) if vision_tower else None
     kind = main.config.get("model_type")
     if kind == "llava_llama" and vision is None:
-        raise ValueError(f"{directory}: the original LLaVA release keeps its vision tower apart "
+        raise ValueError(f"{directory}: the original LLaVA release keeps its vision tower's config apart "
                          f"({main.config.get('mm_vision_tower')!r}); pass vision_tower=<CLIP directory>")
     if vision is not None:
         vision_cfg = hf_config.vision_config_of(vision.config)
@@ -197,6 +201,8 @@ def load_pretrained(directory: str, mesh=None, *, vision_tower: Optional[str] = 
                                         flat_shardings[entry.path], dtype, channels)
     if strict:
         for source in filter(None, (main, vision)):
+            if source is vision and not vision.used:
+                continue  # config only
             unknown = source.unused()
             if unknown:
                 raise ValueError(f"{source.directory}: unknown keys {unknown[:8]}"

@@ -110,7 +110,9 @@ class Part:
 TEXT = Part("embed_tokens.weight", ("language_model.model.", "model.language_model.", "model.", ""))
 LM_HEAD_KEYS = ("language_model.lm_head.weight", "lm_head.weight", "model.lm_head.weight")
 VISION = Part("embeddings.patch_embedding.weight",
-              ("vision_tower.vision_model.", "model.vision_tower.vision_model.", "model.vision_tower.",
+              ("vision_tower.vision_model.", "model.vision_tower.vision_model.",
+               "model.vision_tower.vision_tower.vision_model.",  # original release, tower included
+               "model.vision_tower.",
                "vision_tower.", "vision_model.", ""))
 PROJECTOR = {
     "llava_hf": ("multi_modal_projector.", "model.multi_modal_projector."),
