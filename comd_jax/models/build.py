@@ -38,13 +38,16 @@ def init_params(cfg: VLMConfig, mesh, rules, seed: int,
     flat_shardings = flatten_dict(param_shardings(abstract, mesh, rules))
     paths = [p for p in flat_shardings if keep is None or keep(p)]
 
-    def init():
-        state = nnx.state(VLM(cfg, rngs=nnx.Rngs(seed), rules=rules)).to_pure_dict()
+    def init(key):
+        state = nnx.state(VLM(cfg, rngs=nnx.Rngs(key), rules=rules)).to_pure_dict()
         flat = flatten_dict(state)
         return {p: flat[p] for p in paths}
 
     out_shardings = {p: flat_shardings[p] for p in paths}
-    flat = jax.jit(init, out_shardings=out_shardings)()
+    # Random init is a one-off: on CPU, XLA's optimizing passes over dozens of
+    # threefry kernels cost far more compile time than they save at run time.
+    options = {"xla_backend_optimization_level": 0} if mesh.devices.flat[0].platform == "cpu" else None
+    flat = jax.jit(init, out_shardings=out_shardings, compiler_options=options)(jax.random.key(seed))
     return unflatten_dict(flat)
 
 

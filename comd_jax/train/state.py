@@ -46,16 +46,17 @@ class Setup:
 def _opt_state_shardings(abstract_opt_state, param_shardings: dict, mesh: Mesh):
     """Optimizer moments follow their parameter's sharding; counters are replicated.
 
-    An optimizer leaf belongs to the parameter whose dict path it carries
-    (optax nests the params tree inside named tuples)."""
+    An optimizer leaf belongs to the parameter whose path ends its dict-key path
+    (optax nests the params tree under named tuples and multi_transform's labels)."""
     flat = flatten_dict(param_shardings)
     replicated = NamedSharding(mesh, P())
 
     def pick(path, leaf):
         keys = tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
-        sharding = flat.get(keys)
-        if sharding is not None and len(sharding.spec) <= len(leaf.shape):
-            return sharding
+        for start in range(len(keys)):
+            sharding = flat.get(keys[start:])
+            if sharding is not None and len(sharding.spec) <= len(leaf.shape):
+                return sharding
         return replicated
 
     return jax.tree_util.tree_map_with_path(pick, abstract_opt_state)
