@@ -51,7 +51,16 @@ def rope_to_hf(rope: RopeConfig) -> dict:
     return out
 
 
+# transformers' LlamaConfig defaults. Sub-configs are often saved as a diff against
+# them: llava-hf/llava-1.5-7b-hf's text_config holds only vocab, max positions and eps.
+LLAMA_DEFAULTS = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                      num_attention_heads=32, max_position_embeddings=2048, rms_norm_eps=1e-6,
+                      hidden_act="silu")
+
+
 def decoder_from_hf(cfg: dict, tie_default: bool = False) -> DecoderConfig:
+    if cfg.get("model_type", "llama") in ("llama", "llava_llama"):
+        cfg = {**LLAMA_DEFAULTS, **cfg}
     heads = cfg["num_attention_heads"]
     return DecoderConfig(
         vocab_size=cfg["vocab_size"],
