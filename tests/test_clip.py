@@ -27,8 +27,10 @@ def towers(tmp_path_factory):
     dirs = {
         "clip_model": str(tmp / "clip_model"),
         # CLIPVisionModel as transformers 4 wrote it, and as transformers 5 writes it.
-        "vision_model_v4": H.write_checkpoint(tmp / "v4", vision_config, {"vision_model." + k: v
-                                                                          for k, v in tower.items()}),
+        "vision_model_v4": H.write_checkpoint(tmp / "v4", vision_config, {
+            **{"vision_model." + k: v for k, v in tower.items()},
+            # a buffer older checkpoints carry: known, and ignored
+            "vision_model.embeddings.position_ids": np.arange(H.PATCHES + 1)[None]}),
         "vision_model_v5": H.write_checkpoint(tmp / "v5", vision_config, tower),
     }
     assert any(k.startswith("text_model.") for k in H.read_tensors(dirs["clip_model"]))

@@ -61,6 +61,7 @@ def _original_release(tmp, ref, projector_keys, vision_dir, **mm):
         elif key == "language_model.lm_head.weight":
             out["lm_head.weight"] = value
     out.update(projector_keys)
+    out["model.layers.0.self_attn.rotary_emb.inv_freq"] = np.ones(4, np.float32)  # old Llama buffer, ignored
     config = {**ref.config.text_config.to_dict(), "model_type": "llava_llama",
               "architectures": ["LlavaLlamaForCausalLM"], "mm_vision_tower": "openai/clip-vit-tiny",
               "mm_hidden_size": ref.config.vision_config.hidden_size, "mm_use_im_start_end": False, **mm}
