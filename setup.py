@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "tokenizers>=0.19",
     "pillow>=10.0",
     "tqdm>=4.60",
+    "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
     # Input pipeline (comd_jax/data): grain's checkpointable iterators; TFDS
     # read/written without TensorFlow through array_record.
     "grain>=0.2.10",

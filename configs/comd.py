@@ -30,11 +30,33 @@ def _model(text, vision, *, image_token_id, projector="mlp2x_gelu", dtype="float
 
 
 def _stage(**kw):
-    base = dict(learning_rate=2e-5, warmup_ratio=0.03, total_steps=100, schedule="cosine", weight_decay=0.0,
-                grad_clip=1.0, global_batch=8, grad_accum_steps=1, seq_len=128,
-                trainable=["projector/.*", "text/.*"])
+    base = dict(
+        # optimizer and schedule (optax): warmup then cosine, AdamW, clipping
+        learning_rate=2e-5, warmup_ratio=0.03, total_steps=100, schedule="cosine", end_lr_ratio=0.0,
+        weight_decay=0.0, grad_clip=1.0,
+        trainable=["projector/.*", "text/.*"],  # regexes over parameter paths; the rest is frozen
+        global_batch=8, grad_accum_steps=1,
+        # data: split (world/tfds) or file (llava_json) for training and held-out evaluation
+        template="vicuna_v1", data="instructions", eval_data="heldout", image_folder="",
+        length_buckets=[192, 256], max_images=1, strict_data=False,
+        # cadences
+        log_every=10, eval_every=0, eval_batches=4, save_every=50, keep_checkpoints=2)
     base.update(kw)
     return ml_collections.ConfigDict(base)
+
+
+def _world_data(**kw):
+    base = dict(kind="world", world_seed=0, image_size=32, num_captions=2000, num_instructions=4000,
+                num_heldout=450, vocab_size=1024,
+                # for kind=llava_json / tfds: tokenizer and image-processor directories, TFDS name
+                tokenizer="", image_processor="", name="", data_dir="")
+    base.update(kw)
+    return ml_collections.ConfigDict(base)
+
+
+def _caption_stage(**kw):
+    return _stage(template="plain", data="captions", eval_data="heldout_captions", length_buckets=[96],
+                  **kw)
 
 
 def _offline(text_width, layers, vision_width, vision_layers):
@@ -61,8 +83,14 @@ def _default():
     c.model = _offline(128, 4, 64, 2)  # student
     c.teacher = _offline(256, 6, 128, 3)  # ~4x the student's parameters
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, recipe="fsdp"))
-    c.stage1 = _stage(learning_rate=1e-3, trainable=["projector/.*"], global_batch=32, total_steps=200)
-    c.tune = _stage(learning_rate=3e-4, global_batch=32, total_steps=300)
+    c.data = _world_data()
+    # The offline world has no pretrained backbones: stage 0 trains everything on
+    # the world's captions to give the student a vision tower and an LLM; then the
+    # paper's recipe: stage 1 (projector only), instruction tuning (projector + LLM).
+    c.stages = ["stage0", "stage1", "tune"]
+    c.stage0 = _caption_stage(learning_rate=1e-3, trainable=[".*"], global_batch=16, total_steps=150)
+    c.stage1 = _caption_stage(learning_rate=1e-3, trainable=["projector/.*"], global_batch=16, total_steps=50)
+    c.tune = _stage(learning_rate=5e-4, global_batch=16, total_steps=200)
     return c
 
 
@@ -70,8 +98,9 @@ def _smoke():
     c = _default()
     c.model = _offline(64, 2, 32, 1)
     c.teacher = _offline(128, 2, 64, 1)
-    c.stage1.total_steps = 10
-    c.tune.total_steps = 10
+    c.data.update(dict(num_captions=64, num_instructions=64, num_heldout=16))
+    for name, steps in (("stage0", 4), ("stage1", 2), ("tune", 4)):
+        c[name].update(dict(total_steps=steps, global_batch=4, log_every=2, save_every=2, eval_batches=2))
     return c
 
 
@@ -83,9 +112,14 @@ def _paper():
                      remat=True)
     c.teacher = _model(LLAMA_13B, CLIP_L14_336, image_token_id=32000, dtype="bfloat16", param_dtype="bfloat16")
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, recipe="fsdp"))
-    c.stage1 = _stage(learning_rate=1e-3, global_batch=256, seq_len=2048, trainable=["projector/.*"],
-                      total_steps=2180)  # 558K captions / 256, one epoch
-    c.tune = _stage(learning_rate=2e-5, global_batch=128, grad_accum_steps=16, seq_len=2048, total_steps=5200)
+    # The user's LLaVA data: set these (or override on the command line).
+    c.data = _world_data(kind="llava_json", tokenizer="", image_processor="")
+    c.stages = ["stage1", "tune"]
+    c.stage1 = _stage(learning_rate=1e-3, global_batch=256, trainable=["projector/.*"], template="plain",
+                      data="", eval_data="", length_buckets=[2048], total_steps=2180,  # 558K captions / 256
+                      save_every=500)
+    c.tune = _stage(learning_rate=2e-5, global_batch=128, grad_accum_steps=16, length_buckets=[1024, 2048],
+                    data="", eval_data="", total_steps=5200, save_every=500)
     return c
 
 

@@ -1,0 +1,66 @@
+"""`comd_jax.run(config, workdir)`: what `launch/train.py` calls.
+
+Runs the config's training stages in order, each resumable from its own
+checkpoints; a finished stage is restored rather than retrained, and its
+parameters start the next stage.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+
+from comd_jax import config as config_lib
+from comd_jax import sharding as shd
+from comd_jax import stages as stages_lib
+from comd_jax.train.trainer import StageConfig, train_stage
+
+
+def stage_config(name: str, section) -> StageConfig:
+    return StageConfig(
+        name=name, optim=config_lib.optim_config(section), global_batch=section.global_batch,
+        grad_accum_steps=section.grad_accum_steps, log_every=section.log_every, eval_every=section.eval_every,
+        eval_batches=section.eval_batches, save_every=section.save_every,
+        keep_checkpoints=section.keep_checkpoints)
+
+
+def _flops_per_step(model_cfg, section) -> float:
+    from comd_jax.bench.flops import train_step_flops
+
+    return float(train_step_flops(model_cfg, section.global_batch, section.length_buckets[0],
+                                  section.max_images)["total"])
+
+
+def run(config, workdir: str) -> dict:
+    from transformers import AutoTokenizer
+
+    os.makedirs(workdir, exist_ok=True)
+    model_cfg = config_lib.model_config(config.model)
+    mesh_cfg = config_lib.mesh_config(config.mesh)
+    mesh = shd.make_mesh(mesh_cfg.shape(jax.device_count()))
+    data = stages_lib.stage_data(config, workdir)
+    tokenizer = AutoTokenizer.from_pretrained(data.tokenizer_dir)
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    if model_cfg.vision is not None and image_id != model_cfg.image_token_id:
+        raise ValueError(f"config.model.image_token_id={model_cfg.image_token_id} but the tokenizer's <image> "
+                         f"is {image_id}")
+    if len(tokenizer) > model_cfg.text.vocab_size:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens, model vocab_size {model_cfg.text.vocab_size}")
+    params, summaries = None, []
+    for name in config.stages:
+        section = config[name]
+        stage = stage_config(name, section)
+        train_data = stages_lib.train_pipeline(data, section, tokenizer, model_cfg.num_image_tokens,
+                                               seed=config.seed)
+        eval_data = stages_lib.eval_batches(data, section, tokenizer, model_cfg.num_image_tokens)
+        with train_data:
+            state, summary = train_stage(stage, model_cfg, mesh, mesh_cfg.recipe, config.seed, workdir,
+                                         train_data, eval_data, init_params=params,
+                                         flops_per_step=_flops_per_step(model_cfg, section))
+        params = state.params
+        summaries.append(summary)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summaries, f, indent=2)
+    return {"stages": summaries, "params": params}

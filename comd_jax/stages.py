@@ -1,0 +1,113 @@
+"""Data for the training stages: one table of source kinds feeding one pipeline.
+
+`config.data.kind` picks the source: the offline synthetic world (built in the
+workdir on first use), LLaVA JSON/JSONL files, or a TFDS dataset by name.
+Each stage section names its split (world/tfds) or file (llava_json), its
+template and its length buckets.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable
+
+import jax
+
+from comd_jax.data import images, pipeline
+from comd_jax.data.llava_json import LlavaJsonSource
+from comd_jax.data.tfds_source import TfdsSource
+
+
+HELDOUT_CAPTIONS = "heldout_captions"  # world only: captions of unseen scenes
+
+
+@dataclasses.dataclass
+class StageData:
+    tokenizer_dir: str
+    image_processor: images.ImageProcessorConfig
+    source: Callable  # (split_or_file, image_folder) -> Source
+
+
+def _world(config, workdir: str) -> StageData:
+    from comd_jax.data.synthetic import builder, prepare, world
+
+    d = config.data
+    spec = world.WorldSpec(seed=d.world_seed, image_size=d.image_size, num_captions=d.num_captions,
+                           num_instructions=d.num_instructions, num_heldout=d.num_heldout)
+    files = prepare.prepare_world(os.path.join(workdir, "world"), spec, vocab_size=d.vocab_size)
+    # Held-out captions come from a world with another seed: new scenes, same language.
+    eval_spec = dataclasses.replace(spec, seed=spec.seed + 7919, num_captions=d.num_heldout, num_instructions=8,
+                                    num_heldout=8)
+
+    def source(split, folder=None):
+        if split == HELDOUT_CAPTIONS:
+            return builder.source(eval_spec, world.CAPTIONS, os.path.join(workdir, "world", "tfds_heldout"))
+        return builder.source(spec, split, os.path.join(workdir, "world", "tfds"))
+
+    return StageData(files.tokenizer_dir, images.ImageProcessorConfig(size=spec.image_size), source)
+
+
+def _image_processor(d) -> images.ImageProcessorConfig:
+    if not d.image_processor:
+        raise ValueError("config.data.image_processor: set the directory holding preprocessor_config.json")
+    return images.ImageProcessorConfig.from_pretrained(d.image_processor)
+
+
+def _llava_json(config, workdir: str) -> StageData:
+    d = config.data
+    if not d.tokenizer:
+        raise ValueError("config.data.tokenizer: set the tokenizer directory (AutoTokenizer.from_pretrained)")
+    return StageData(d.tokenizer, _image_processor(d),
+                     lambda path, folder=None: LlavaJsonSource(_existing(path), folder or None))
+
+
+def _tfds(config, workdir: str) -> StageData:
+    d = config.data
+    if not d.tokenizer:
+        raise ValueError("config.data.tokenizer: set the tokenizer directory (AutoTokenizer.from_pretrained)")
+    return StageData(d.tokenizer, _image_processor(d),
+                     lambda split, folder=None: TfdsSource.from_name(d.name, split, data_dir=d.data_dir or None))
+
+
+def _existing(path: str) -> str:
+    if not path or not os.path.exists(path):
+        raise FileNotFoundError(f"data file not found: {path!r} (set the stage's `data` field)")
+    return path
+
+
+SOURCES = {"world": _world, "llava_json": _llava_json, "tfds": _tfds}
+
+
+def stage_data(config, workdir: str) -> StageData:
+    kind = config.data.kind
+    if kind not in SOURCES:
+        raise ValueError(f"config.data.kind={kind!r}; choose one of {sorted(SOURCES)}")
+    return SOURCES[kind](config, workdir)
+
+
+def train_pipeline(data: StageData, section, tokenizer, num_image_tokens: int, seed: int):
+    per_host = section.global_batch // jax.process_count()
+    cfg = pipeline.PipelineConfig(batch_size=per_host, length_buckets=tuple(section.length_buckets),
+                                  max_images=section.max_images, seed=seed, strict=section.strict_data)
+    return pipeline.make_pipeline(data.source(section.data, section.image_folder), template=section.template,
+                                  tokenizer=tokenizer, image_config=data.image_processor,
+                                  num_image_tokens=num_image_tokens, config=cfg)
+
+
+def eval_batches(data: StageData, section, tokenizer, num_image_tokens: int) -> Callable:
+    """A factory of held-out batch iterables (a fixed, unshuffled prefix of the eval split)."""
+    def make():
+        per_host = section.global_batch // jax.process_count()
+        cfg = pipeline.PipelineConfig(batch_size=per_host, length_buckets=tuple(section.length_buckets),
+                                      max_images=section.max_images, shuffle=False, num_epochs=1,
+                                      drop_remainder=False, prefetch_batches=0)
+        pipe = pipeline.make_pipeline(data.source(section.eval_data, section.image_folder),
+                                      template=section.template, tokenizer=tokenizer,
+                                      image_config=data.image_processor, num_image_tokens=num_image_tokens,
+                                      config=cfg)
+        with pipe:
+            for i, batch in enumerate(pipe):
+                if i >= section.eval_batches:
+                    break
+                yield batch
+    return make
