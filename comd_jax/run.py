@@ -6,10 +6,14 @@ parameters start the next stage.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
 import jax
+import numpy as np
+from flax.traverse_util import flatten_dict
+from jax.experimental import multihost_utils
 
 from comd_jax import config as config_lib
 from comd_jax import sharding as shd
@@ -30,6 +34,17 @@ def _flops_per_step(model_cfg, section) -> float:
 
     return float(train_step_flops(model_cfg, section.global_batch, section.length_buckets[0],
                                   section.max_images)["total"])
+
+
+def params_fingerprint(params: dict) -> str:
+    """sha256 over every parameter's path, dtype, shape and bytes: equal iff bit-identical."""
+    digest = hashlib.sha256()
+    for path, leaf in sorted(flatten_dict(params).items(), key=lambda kv: kv[0]):
+        host = np.asarray(multihost_utils.process_allgather(leaf, tiled=True)
+                          if jax.process_count() > 1 else jax.device_get(leaf))
+        digest.update(f"{'/'.join(map(str, path))}|{host.dtype}|{host.shape}|".encode())
+        digest.update(np.ascontiguousarray(host).tobytes())
+    return digest.hexdigest()
 
 
 def run(config, workdir: str) -> dict:
@@ -59,6 +74,7 @@ def run(config, workdir: str) -> dict:
                                          train_data, eval_data, init_params=params,
                                          flops_per_step=_flops_per_step(model_cfg, section))
         params = state.params
+        summary["params_sha256"] = params_fingerprint(params)
         summaries.append(summary)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "summary.json"), "w") as f:

@@ -1,5 +1,8 @@
 """CoMD experiment config.
 
+Lists are tuples so every field can be overridden on the command line,
+e.g. --config.stages="('tune',)".
+
 Launch (offline default):   python launch/train.py --config=configs/comd.py
 Presets via the argument:   --config=configs/comd.py:smoke | :paper | :ablation
 
@@ -34,11 +37,11 @@ def _stage(**kw):
         # optimizer and schedule (optax): warmup then cosine, AdamW, clipping
         learning_rate=2e-5, warmup_ratio=0.03, total_steps=100, schedule="cosine", end_lr_ratio=0.0,
         weight_decay=0.0, grad_clip=1.0,
-        trainable=["projector/.*", "text/.*"],  # regexes over parameter paths; the rest is frozen
+        trainable=("projector/.*", "text/.*"),  # regexes over parameter paths; the rest is frozen
         global_batch=8, grad_accum_steps=1,
         # data: split (world/tfds) or file (llava_json) for training and held-out evaluation
         template="vicuna_v1", data="instructions", eval_data="heldout", image_folder="",
-        length_buckets=[192, 256], max_images=1, strict_data=False,
+        length_buckets=(192, 256), max_images=1, strict_data=False,
         # cadences
         log_every=10, eval_every=0, eval_batches=4, save_every=50, keep_checkpoints=2)
     base.update(kw)
@@ -55,7 +58,7 @@ def _world_data(**kw):
 
 
 def _caption_stage(**kw):
-    return _stage(template="plain", data="captions", eval_data="heldout_captions", length_buckets=[96],
+    return _stage(template="plain", data="captions", eval_data="heldout_captions", length_buckets=(96,),
                   **kw)
 
 
@@ -87,9 +90,9 @@ def _default():
     # The offline world has no pretrained backbones: stage 0 trains everything on
     # the world's captions to give the student a vision tower and an LLM; then the
     # paper's recipe: stage 1 (projector only), instruction tuning (projector + LLM).
-    c.stages = ["stage0", "stage1", "tune"]
-    c.stage0 = _caption_stage(learning_rate=1e-3, trainable=[".*"], global_batch=16, total_steps=150)
-    c.stage1 = _caption_stage(learning_rate=1e-3, trainable=["projector/.*"], global_batch=16, total_steps=50)
+    c.stages = ("stage0", "stage1", "tune")
+    c.stage0 = _caption_stage(learning_rate=1e-3, trainable=(".*",), global_batch=16, total_steps=150)
+    c.stage1 = _caption_stage(learning_rate=1e-3, trainable=("projector/.*",), global_batch=16, total_steps=50)
     c.tune = _stage(learning_rate=5e-4, global_batch=16, total_steps=200)
     return c
 
@@ -114,16 +117,16 @@ def _paper():
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, recipe="fsdp"))
     # The user's LLaVA data: set these (or override on the command line).
     c.data = _world_data(kind="llava_json", tokenizer="", image_processor="")
-    c.stages = ["stage1", "tune"]
-    c.stage1 = _stage(learning_rate=1e-3, global_batch=256, trainable=["projector/.*"], template="plain",
-                      data="", eval_data="", length_buckets=[2048], total_steps=2180,  # 558K captions / 256
+    c.stages = ("stage1", "tune")
+    c.stage1 = _stage(learning_rate=1e-3, global_batch=256, trainable=("projector/.*",), template="plain",
+                      data="", eval_data="", length_buckets=(2048,), total_steps=2180,  # 558K captions / 256
                       save_every=500)
-    c.tune = _stage(learning_rate=2e-5, global_batch=128, grad_accum_steps=16, length_buckets=[1024, 2048],
+    c.tune = _stage(learning_rate=2e-5, global_batch=128, grad_accum_steps=16, length_buckets=(1024, 2048),
                     data="", eval_data="", total_steps=5200, save_every=500)
     return c
 
 
 def _ablation():
     c = _default()
-    c.compare = ["comd", "plain"]
+    c.compare = ("comd", "plain")
     return c
