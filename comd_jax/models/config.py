@@ -113,6 +113,10 @@ def projector_depth(kind: str) -> int:
     return int(match.group(1))
 
 
+# The decoder block's linear layers, by attribute name (q/k/v/o attention, gate/up/down MLP).
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
 @dataclasses.dataclass(frozen=True)
 class VLMConfig:
     """Vision tower + projector + decoder, LLaVA style. `vision=None` is a text-only LLM."""
@@ -128,9 +132,20 @@ class VLMConfig:
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype; bfloat16 on accelerators
     remat: bool = False
+    # LoRA on the decoder's linear layers (comd_jax.models.lora); rank 0 = off.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: tuple = LORA_TARGETS
 
     def __post_init__(self):
         projector_depth(self.projector)
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))  # lists from configs
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank must be >= 0 (0 = no LoRA), got {self.lora_rank}")
+        unknown = set(self.lora_targets) - set(LORA_TARGETS)
+        if unknown or (self.lora_rank and not self.lora_targets):
+            raise ValueError(f"lora_targets {list(self.lora_targets)}: choose a non-empty subset of "
+                             f"{list(LORA_TARGETS)}")
         dtype_of(self.param_dtype)
         dtype_of(self.dtype)
         if self.select_strategy not in ("default", "full"):

@@ -19,6 +19,7 @@ from flax import nnx
 
 from comd_jax.models.config import VLMConfig, dtype_of
 from comd_jax.models.decoder import Decoder
+from comd_jax.models import lora
 from comd_jax.models.projector import Projector
 from comd_jax.models.vision import VisionTower
 
@@ -51,6 +52,9 @@ class VLM(nnx.Module):
             self.vision = VisionTower(cfg.vision, rngs=rngs, remat=cfg.remat, rules=rules, **kw)
             self.projector = Projector(cfg.projector, cfg.vision.hidden_size, cfg.text.hidden_size,
                                        bias=cfg.projector_bias, act=cfg.projector_act, rngs=rngs, **kw)
+        if cfg.lora_rank:
+            # Last, so the base parameters draw the same random numbers with or without LoRA.
+            lora.add_adapters(self.text.layers, cfg, rngs)
 
     # -- pieces ---------------------------------------------------------------
     def image_features(self, pixels_nhwc: jax.Array) -> jax.Array:
