@@ -12,6 +12,11 @@ Presets via the argument:   --config=configs/comd.py:smoke | :paper | :ablation
   LLaVA-1.5 recipes (stage 1: lr 1e-3, batch 256; tuning: lr 2e-5, batch 128, cosine, 3% warmup).
 - ablation: the default world, CoMD vs plain distillation.
 
+LoRA instead of full LLM tuning (when memory is short):
+  --config.model.lora_rank=128 --config.model.lora_alpha=256 \
+  --config.tune.trainable='("text/.*lora_.*", "projector/.*")'
+  save_pretrained merges the adapters; comd_jax.convert.adapters.save_lora writes them alone (PEFT layout).
+
 Memory check before renting a pod:
   python -m comd_jax.bench.compile_check --config=configs/comd.py:paper --topology=v5p-8
 """
@@ -29,7 +34,9 @@ def _model(text, vision, *, image_token_id, projector="mlp2x_gelu", dtype="float
            remat=False):
     return ml_collections.ConfigDict(dict(
         text=dict(text), vision=dict(vision), projector=projector, image_token_id=image_token_id,
-        feature_layer=-2, select_strategy="default", dtype=dtype, param_dtype=param_dtype, remat=remat))
+        feature_layer=-2, select_strategy="default", dtype=dtype, param_dtype=param_dtype, remat=remat,
+        # LoRA on the LLM's linear layers (0 = off); with it, train e.g. ("text/.*lora_.*", "projector/.*").
+        lora_rank=0, lora_alpha=16.0, lora_targets=("q", "k", "v", "o", "gate", "up", "down")))
 
 
 def _stage(**kw):

@@ -23,7 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from comd_jax import sharding as shd
 from comd_jax.convert import hf_config, layouts
 from comd_jax.convert.tensors import CheckpointReader, ShardedWriter
-from comd_jax.models import build
+from comd_jax.models import build, lora
 from comd_jax.models.config import VLMConfig, dtype_of, projector_depth
 from comd_jax.models.vlm import VLM
 
@@ -164,7 +164,8 @@ def load_pretrained(directory: str, mesh=None, *, vision_tower: Optional[str] = 
       `projector=`, `feature_layer=`, `select_strategy=`). When `directory` carries
       tower weights itself (original-release checkpoints that trained the tower),
       those win and the CLIP directory only supplies the vision config.
-    - `overrides`: VLMConfig fields, e.g. `param_dtype='bfloat16'`, `dtype='bfloat16'`, `remat=True`.
+    - `overrides`: VLMConfig fields, e.g. `param_dtype='bfloat16'`, `dtype='bfloat16'`, `remat=True`;
+      `lora_rank=8` (with `lora_alpha=`, `lora_targets=`) adds fresh LoRA adapters to the decoder.
     - `strict`: unknown checkpoint keys are an error (they may mean a layout we misread).
     """
     main = _Source(directory)
@@ -208,12 +209,15 @@ def load_pretrained(directory: str, mesh=None, *, vision_tower: Optional[str] = 
                 raise ValueError(f"{source.directory}: unknown keys {unknown[:8]}"
                                  f"{' ...' if len(unknown) > 8 else ''} ({len(unknown)} in all); "
                                  "pass strict=False to ignore them")
-    missing = [p for p in flat_abstract if p not in params]
-    if missing and not (fresh_projector and all(p[0] == "projector" for p in missing)):
-        raise KeyError(f"no checkpoint weights for {['/'.join(map(str, p)) for p in missing]}")
-    if missing:
-        params.update(flatten_dict(build.init_params(cfg, mesh, rules, seed,
-                                                     keep=lambda p: p[0] == "projector")))
+    # A fresh projector (LLM + separate CLIP) and fresh LoRA adapters (`lora_rank=` override)
+    # are initialized; any other missing weight is an error.
+    missing = {p for p in flat_abstract if p not in params}
+    fresh = {p for p in missing if (fresh_projector and p[0] == "projector") or lora.is_adapter(p)}
+    if missing - fresh:
+        names = sorted("/".join(map(str, p)) for p in missing - fresh)
+        raise KeyError(f"no checkpoint weights for {names}")
+    if fresh:
+        params.update(flatten_dict(build.init_params(cfg, mesh, rules, seed, keep=lambda p: p in fresh)))
     for source in filter(None, (main, vision)):
         source.reader.close()
     return build.merge(graphdef, abstract, unflatten_dict(params))
@@ -273,10 +277,12 @@ def save_pretrained(model: VLM, directory: str, *, max_shard_bytes: int = 5 * 2*
     """Write config.json + safetensors that transformers' `from_pretrained` loads.
 
     One parameter is gathered to the host at a time. `dtype` (e.g. 'bfloat16')
-    converts on the way out; the default keeps the parameter dtype.
+    converts on the way out; the default keeps the parameter dtype. LoRA adapters
+    are folded into their kernels first (`comd_jax.models.lora.merge_lora`).
     """
     from flax import nnx
 
+    model = lora.merge_lora(model)  # transformers gets a plain model; a no-op without LoRA
     cfg = model.cfg
     hf_cfg = _hf_configs(cfg)
     os.makedirs(directory, exist_ok=True)

@@ -19,8 +19,9 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 TRAIN, FROZEN = "train", "frozen"
 
-# Weight decay applies to matrices and embeddings, not to norms and biases.
-_DECAYED = ("kernel", "embed", "patch_embed", "position_embed")
+# Weight decay applies to matrices and embeddings, not to norms and biases. LoRA
+# factors are matrices too (as in transformers' Trainer, which LLaVA's LoRA runs use).
+_DECAYED = ("kernel", "embed", "patch_embed", "position_embed", "lora_a", "lora_b")
 
 
 @dataclasses.dataclass(frozen=True)
