@@ -86,7 +86,11 @@ class SyntheticWorld(tfds.core.GeneratorBasedBuilder):
 
 def build(spec: world.WorldSpec, data_dir: str) -> str:
     """Generates the world under data_dir (once) and returns the prepared folder."""
-    builder = SyntheticWorld(config=config_for(spec), data_dir=data_dir, file_format="array_record")
+    config = config_for(spec)
+    # TFDS refuses a custom config named like a registered one (the default world's).
+    registered = {c.name for c in SyntheticWorld.BUILDER_CONFIGS}
+    builder = SyntheticWorld(config=config.name if config.name in registered else config, data_dir=data_dir,
+                             file_format="array_record")
     builder.download_and_prepare()
     return os.fspath(builder.data_dir)
 
