@@ -107,15 +107,17 @@ class Decoder(nnx.Module):
             slots = cache["k"].shape[2]
             mask = jnp.arange(slots)[None, None, :] <= positions_bt[:, :, None]
         ctx = {"cos": cos, "sin": sin, "mask": mask, "positions": positions_bt}
-        (x, _), cache = scan_layers(self.layers, (x_btd, ctx), cache, remat=self.remat)
+        (x, _), cache = scan_layers(self.layers, (x_btd, ctx), cache, remat=self.remat,
+                                    unroll=self.unroll)
         return self.norm(x), cache
 
     def logits(self, hidden_btd: jax.Array) -> jax.Array:
         """float32 logits [B, T, vocab]."""
-        if self.lm_head is None:
-            w = self.embed[...].astype(self.dtype)
-            out = jnp.einsum("btd,vd->btv", hidden_btd, w, preferred_element_type=jnp.float32)
+        b, t, d = hidden_btd.shape
+        h_nd = hidden_btd.reshape(b * t, d)  # one 2-D matmul: see Dense
+        if self.lm_head is None:  # tied: contract with the [vocab, embed] table
+            w, contract = self.embed[...].astype(self.dtype), 1
         else:
-            w = self.lm_head.kernel[...].astype(self.dtype)
-            out = jnp.einsum("btd,dv->btv", hidden_btd, w, preferred_element_type=jnp.float32)
-        return constrain(out, ("batch", "length", "vocab"), self.rules)
+            w, contract = self.lm_head.kernel[...].astype(self.dtype), 0
+        out = jax.lax.dot_general(h_nd, w, (((1,), (contract,)), ((), ())), preferred_element_type=jnp.float32)
+        return constrain(out.reshape(b, t, -1), ("batch", "length", "vocab"), self.rules)

@@ -6,6 +6,7 @@ Stacked (scanned) layers carry a leading 'layers' axis.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import jax
@@ -73,8 +74,11 @@ class Dense(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.kernel[...].astype(self.dtype)
-        contract = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in)))
-        y = jax.lax.dot_general(x.astype(self.dtype), kernel, (contract, ((), ())))
+        lead, out = x.shape[:x.ndim - self.n_in], kernel.shape[self.n_in:]
+        # One plain [tokens, in] x [in, out] matmul: with several batch dims XLA:CPU
+        # lays the backward's weight-gradient dot out with slow fused transposes.
+        x2 = x.astype(self.dtype).reshape(math.prod(lead), -1)
+        y = (x2 @ kernel.reshape(x2.shape[1], -1)).reshape(*lead, *out)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
