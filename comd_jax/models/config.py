@@ -132,6 +132,9 @@ class VLMConfig:
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype; bfloat16 on accelerators
     remat: bool = False
+    # Inline every layer instead of scanning them: faster on CPU for shallow models,
+    # but compile time grows with depth (leave False at 7B scale).
+    unroll_layers: bool = False
     # LoRA on the decoder's linear layers (comd_jax.models.lora); rank 0 = off.
     lora_rank: int = 0
     lora_alpha: float = 16.0

@@ -66,10 +66,11 @@ class DecoderBlock(nnx.Module):
 
 class Decoder(nnx.Module):
     def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32,
-                 dtype=jnp.float32, remat: bool = False, rules=None):
+                 dtype=jnp.float32, remat: bool = False, unroll: bool = False, rules=None):
         self.cfg = cfg
         self.dtype = dtype
         self.remat = remat
+        self.unroll = unroll
         self.rules = rules
         self.embed = normal_param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), param_dtype)
         self.layers = DecoderBlock(cfg, rngs=rngs, param_dtype=param_dtype, dtype=dtype, rules=rules,

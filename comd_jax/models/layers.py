@@ -133,11 +133,15 @@ def attention(q_btnh, k_bskh, v_bskh, mask_bts: Optional[jax.Array], scale: floa
     return out.reshape(b, t, n, h)
 
 
-def scan_layers(blocks: nnx.Module, carry, xs=None, *, remat: bool = False, num_layers=None):
+def scan_layers(blocks: nnx.Module, carry, xs=None, *, remat: bool = False, num_layers=None,
+                unroll: bool = False):
     """Run a stack of identical blocks (params with a leading 'layers' axis) with lax.scan.
 
     `body(block, carry, x) -> (carry, y)` is the block's `scan_step`; one compiled
     layer keeps compile time flat in depth. `num_layers` runs only the first n blocks.
+    `unroll` inlines every layer: compile time grows with depth, but XLA:CPU then
+    slices the saved activations statically instead of inside slow fused loops —
+    the faster choice for shallow models on CPU.
     """
     graphdef, state = nnx.split(blocks)
     if num_layers is not None:
@@ -149,4 +153,4 @@ def scan_layers(blocks: nnx.Module, carry, xs=None, *, remat: bool = False, num_
 
     if remat:
         body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
-    return jax.lax.scan(body, carry, (state, xs))
+    return jax.lax.scan(body, carry, (state, xs), unroll=bool(unroll))

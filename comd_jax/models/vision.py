@@ -38,10 +38,11 @@ class VisionBlock(nnx.Module):
 
 class VisionTower(nnx.Module):
     def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32,
-                 dtype=jnp.float32, remat: bool = False, rules=None):
+                 dtype=jnp.float32, remat: bool = False, unroll: bool = False, rules=None):
         self.cfg = cfg
         self.dtype = dtype
         self.remat = remat
+        self.unroll = unroll
         patch_dim = cfg.patch_size * cfg.patch_size * cfg.num_channels
         # Patch embedding as a matmul over (row, col, channel)-flattened patches:
         # the same map as CLIP's stride-p convolution, without the convolution.
@@ -78,5 +79,5 @@ class VisionTower(nnx.Module):
         x = self.embeddings(pixels_nhwc)
         if depth == 0:
             return x
-        x, _ = scan_layers(self.layers, x, remat=self.remat, num_layers=depth)
+        x, _ = scan_layers(self.layers, x, remat=self.remat, num_layers=depth, unroll=self.unroll)
         return x

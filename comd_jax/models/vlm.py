@@ -45,11 +45,12 @@ class VLM(nnx.Module):
         self.cfg = cfg
         self.rules = rules
         kw = dict(param_dtype=dtype_of(cfg.param_dtype), dtype=dtype_of(cfg.dtype))
-        self.text = Decoder(cfg.text, rngs=rngs, remat=cfg.remat, rules=rules, **kw)
+        self.text = Decoder(cfg.text, rngs=rngs, remat=cfg.remat, unroll=cfg.unroll_layers, rules=rules, **kw)
         if cfg.vision is None:
             self.vision = self.projector = None
         else:
-            self.vision = VisionTower(cfg.vision, rngs=rngs, remat=cfg.remat, rules=rules, **kw)
+            self.vision = VisionTower(cfg.vision, rngs=rngs, remat=cfg.remat, unroll=cfg.unroll_layers,
+                                      rules=rules, **kw)
             self.projector = Projector(cfg.projector, cfg.vision.hidden_size, cfg.text.hidden_size,
                                        bias=cfg.projector_bias, act=cfg.projector_act, rngs=rngs, **kw)
         if cfg.lora_rank:
