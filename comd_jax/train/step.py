@@ -17,14 +17,23 @@ from comd_jax import sharding as shd
 from comd_jax.train.optim import TRAIN, schedule
 from comd_jax.train.state import Setup, TrainState
 
+def _shift_left(x):
+    """x[:, 1:] padded back to length T with zeros."""
+    return jnp.pad(x[:, 1:], ((0, 0), (0, 1)))
+
+
 def token_losses(model, batch):
     """Summed next-token NLL, target count and correct count over one (micro)batch."""
     logits = model(batch["input_ids"], batch.get("pixel_values"), batch["attention_mask"])
-    targets = batch["input_ids"][:, 1:]
-    weights = batch["loss_mask"][:, 1:].astype(jnp.float32)
-    logits = logits[:, :-1]
+    # Shift the small targets, not the [B, T, V] logits: slicing the logits copies
+    # them forward and pads their gradient backward. The last position weighs 0.
+    targets = _shift_left(batch["input_ids"])
+    weights = _shift_left(batch["loss_mask"].astype(jnp.float32))
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    # "The target holds the largest logit" instead of argmax == target: the same
+    # test barring exact ties, and a max-reduce is far cheaper on CPU than argmax.
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    correct = (target_logit >= jnp.max(logits, axis=-1)).astype(jnp.float32)
     return jnp.sum(nll * weights), jnp.sum(weights), jnp.sum(correct * weights)
 
 
