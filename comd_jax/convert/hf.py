@@ -115,7 +115,7 @@ def _read_checked(source: _Source, name: str, entry, shape, channels) -> np.ndar
 
 
 def _place(array: np.ndarray, sharding, dtype) -> jax.Array:
-    array = array.astype(dtype)
+    array = array.astype(dtype, copy=False)  # no second host copy when the dtype already matches
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 

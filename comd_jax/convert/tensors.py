@@ -1,20 +1,40 @@
 """Read safetensors checkpoints tensor by tensor; write them in shards."""
 from __future__ import annotations
 
-import contextlib
 import glob
 import json
 import os
+import struct
 
+import ml_dtypes
 import numpy as np
-from safetensors import safe_open
 
 INDEX = "model.safetensors.index.json"
 
 
+# safetensors dtype names → numpy dtypes (ml_dtypes, a jax dependency, adds bf16 and fp8).
+_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+           "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2, "I64": np.int64,
+           "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+
+
+def read_header(path: str) -> tuple:
+    """(tensor entries, byte offset of the data section) of one safetensors file."""
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+    header.pop("__metadata__", None)
+    return header, 8 + size
+
+
 class CheckpointReader:
     """Maps every tensor name of a transformers directory to its file; reads one
-    tensor at a time (memory-mapped), whether bf16, fp16 or fp32."""
+    tensor at a time, whether bf16, fp16 or fp32.
+
+    Tensors are read with plain file reads into a fresh buffer rather than
+    memory-mapped: a mapping keeps every page it touched resident in this
+    process until the file is closed, which would add the whole checkpoint to
+    the loader's peak memory on top of the parameters it builds."""
 
     def __init__(self, directory: str):
         self.directory = directory
@@ -22,37 +42,41 @@ class CheckpointReader:
         if os.path.exists(index):
             with open(index) as f:
                 weight_map = json.load(f)["weight_map"]
-            self.files = {k: os.path.join(directory, v) for k, v in weight_map.items()}
+            paths = sorted(set(os.path.join(directory, v) for v in weight_map.values()))
         else:
             paths = sorted(glob.glob(os.path.join(directory, "*.safetensors")))
             if not paths:
                 raise FileNotFoundError(f"{directory}: no *.safetensors files (and no {INDEX})")
-            self.files = {}
-            for path in paths:
-                with safe_open(path, "numpy") as f:
-                    self.files.update({k: path for k in f.keys()})
-        self._stack = contextlib.ExitStack()
-        self._open: dict = {}
+        self.files, self._entries = {}, {}
+        for path in paths:
+            header, data_start = read_header(path)
+            for key, entry in header.items():
+                self.files[key] = path
+                self._entries[key] = (entry, data_start)
 
     def keys(self):
         return self.files.keys()
 
-    def _handle(self, key: str):
-        path = self.files[key]
-        if path not in self._open:
-            # The flax framework reads bfloat16, which numpy's safetensors reader cannot.
-            self._open[path] = self._stack.enter_context(safe_open(path, "flax"))
-        return self._open[path]
-
     def shape(self, key: str) -> tuple:
-        return tuple(self._handle(key).get_slice(key).get_shape())
+        return tuple(self._entries[key][0]["shape"])
 
     def read(self, key: str) -> np.ndarray:
-        return np.asarray(self._handle(key).get_tensor(key))
+        entry, data_start = self._entries[key]
+        if entry["dtype"] not in _DTYPES:
+            raise ValueError(f"{self.files[key]}: tensor {key!r} has unsupported dtype {entry['dtype']}")
+        begin, end = entry["data_offsets"]
+        out = np.empty(entry["shape"], _DTYPES[entry["dtype"]])
+        if out.nbytes != end - begin:
+            raise ValueError(f"{self.files[key]}: tensor {key!r} holds {end - begin} bytes, "
+                             f"its shape and dtype need {out.nbytes}")
+        with open(self.files[key], "rb") as f:
+            f.seek(data_start + begin)
+            if f.readinto(out.reshape(-1).view(np.uint8)) != out.nbytes:
+                raise ValueError(f"{self.files[key]}: truncated data for tensor {key!r}")
+        return out
 
     def close(self):
-        self._stack.close()
-        self._open.clear()
+        pass  # nothing stays open between reads
 
     def __enter__(self):
         return self
