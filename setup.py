@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "pillow>=10.0",
     "tqdm>=4.60",
     "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
+    "rouge-score>=0.1.2",  # augmentation's near-duplicate filter (ROUGE-L), as Lion/self-instruct use
     # Input pipeline (comd_jax/data): grain's checkpointable iterators; TFDS
     # read/written without TensorFlow through array_record.
     "grain>=0.2.10",

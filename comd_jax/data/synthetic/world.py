@@ -21,8 +21,9 @@ from comd_jax.data.synthetic import language, scene
 from comd_jax.data.templates import IMAGE_PLACEHOLDER
 
 CAPTIONS, INSTRUCTIONS, HELDOUT = "captions", "instructions", "heldout"
+AUGMENT = "augment"  # not a stored split: the procedural augmentor's own stream of new scenes
 SPLITS = (CAPTIONS, INSTRUCTIONS, HELDOUT)
-_SPLIT_STREAM = {CAPTIONS: 1, INSTRUCTIONS: 2, HELDOUT: 3}
+_SPLIT_STREAM = {CAPTIONS: 1, INSTRUCTIONS: 2, HELDOUT: 3, AUGMENT: 4}
 MULTI_TURN = "multi_turn"
 SKILLS = tuple(language.SINGLE_TURN_SKILLS) + (MULTI_TURN,)
 

@@ -1,0 +1,1 @@
+"""Competitive distillation: pool, assessors, difficult selection, augmentors."""

@@ -1,0 +1,87 @@
+"""The instruction pool: entries with provenance, persisted as JSON Lines.
+
+Appends are flushed line by line, so a crash loses at most the entries being
+written; loading skips nothing silently (a torn last line is reported and
+dropped, anything else malformed is an error naming file and line).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Iterable, Iterator, Optional
+
+
+@dataclasses.dataclass
+class PoolEntry:
+    id: str
+    instruction: str  # the user turn, with "<image>" where the image goes
+    target: str  # the answer the student trains on
+    image: Optional[str] = None  # path (relative to the pool's image folder) or None
+    skill: Optional[str] = None
+    reference: Optional[str] = None  # ground truth, where the data has one
+    provenance: dict = dataclasses.field(default_factory=dict)
+    # provenance keys: round, seed_id (the hard instruction it grew from), answered_by
+    # ("teacher" | "student"), scores ({"teacher": x, "student": y}), augmentor
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PoolEntry":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown pool entry fields {sorted(unknown)}")
+        return cls(**d)
+
+    def as_llava(self) -> dict:
+        """The LLaVA JSON sample the trainer reads."""
+        sample = {"id": self.id, "conversations": [{"from": "human", "value": self.instruction},
+                                                   {"from": "gpt", "value": self.target}]}
+        if self.image is not None:
+            sample["image"] = self.image
+        return sample
+
+
+def append(path: str, entries: Iterable[PoolEntry]) -> int:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    count = 0
+    with open(path, "a", encoding="utf-8") as f:
+        for entry in entries:
+            f.write(entry.to_json() + "\n")
+            f.flush()
+            count += 1
+    return count
+
+
+def load(path: str) -> list[PoolEntry]:
+    return list(iter_entries(path))
+
+
+def iter_entries(path: str) -> Iterator[PoolEntry]:
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        lines = f.readlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield PoolEntry.from_dict(json.loads(line))
+        except (json.JSONDecodeError, TypeError, ValueError) as e:
+            if number == len(lines) and not line.endswith("\n"):
+                # The write in flight when the process died: drop it, it will be redone.
+                print(f"{path}:{number}: dropping a torn last line ({e})")
+                return
+            raise ValueError(f"{path}:{number}: malformed pool entry: {e}") from None
+
+
+def write_llava(path: str, entries: Iterable[PoolEntry]) -> int:
+    """The pool as a LLaVA JSON file (the trainer's input), written atomically."""
+    samples = [e.as_llava() for e in entries]
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(samples, f)
+    os.replace(tmp, path)
+    return len(samples)
