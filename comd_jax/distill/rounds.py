@@ -1,0 +1,236 @@
+"""The competitive distillation loop: tune → assess → select → augment, round after round.
+
+Every phase leaves its results on disk before the next starts, and the loop
+state (round, phase) is written atomically at each boundary, so a restarted
+run resumes at the phase it reached. Assessment and augmentation append one
+line per finished item, so a crash loses at most the requests in flight and a
+resumed phase skips what is already done. The student's own state lives in
+the trainer's Orbax checkpoints (one stage per round).
+
+The loop never knows who answers: `teacher` is any `ChatClient`, the student
+is any `answer(entries) -> texts` callable, the trainer any
+`tune(round_index, train_json) -> None` callable.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from comd_jax.distill import pool as pool_lib
+from comd_jax.distill.augment import filter_novel
+from comd_jax.distill.judges import Verdict
+from comd_jax.distill.protocol import user_message
+from comd_jax.distill.selection import SelectionConfig, select
+
+PHASES = ("tune", "assess", "select", "augment")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    rounds: int = 4
+    selection: SelectionConfig = SelectionConfig()
+    competitive: bool = True  # a student answer the assessor prefers by the margin becomes the target
+    teacher_floor: Optional[float] = None  # teacher answers scored below this leave the training set
+    max_new_per_round: int = 256
+    answer_max_tokens: int = 128
+    concurrency: int = 8
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class Components:
+    teacher: object  # ChatClient
+    judge: object  # .judge(question, teacher, student, images, **kw) -> Verdict
+    augmentor: object  # .propose(seeds, round, images) -> candidates
+    answer_student: Callable[[Sequence[pool_lib.PoolEntry]], list]
+    tune: Callable[[int, str], None]
+    images_of: Callable[[pool_lib.PoolEntry], list] = lambda entry: []  # data URLs for the endpoints
+
+
+class Loop:
+    def __init__(self, cfg: DistillConfig, workdir: str, parts: Components):
+        self.cfg, self.parts = cfg, parts
+        self.dir = os.path.join(workdir, "distill")
+        os.makedirs(self.dir, exist_ok=True)
+        self.state_path = os.path.join(self.dir, "state.json")
+
+    # -- files ----------------------------------------------------------------------
+    def path(self, name: str, round_index: Optional[int] = None) -> str:
+        return os.path.join(self.dir, name if round_index is None else f"round{round_index}_{name}")
+
+    def load_state(self) -> dict:
+        if os.path.exists(self.state_path):
+            with open(self.state_path) as f:
+                return json.load(f)
+        return {"round": 0, "phase": PHASES[0], "history": []}
+
+    def save_state(self, state: dict):
+        tmp = self.state_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(state, f, indent=2)
+        os.replace(tmp, self.state_path)
+
+    def train_pool(self) -> list:
+        return pool_lib.load(self.path("train_pool.jsonl"))
+
+    # -- the loop -------------------------------------------------------------------
+    def seed_pool(self, entries: Sequence[pool_lib.PoolEntry]):
+        """The initial pool (targets = teacher answers); written once."""
+        if not os.path.exists(self.path("train_pool.jsonl")):
+            pool_lib.append(self.path("train_pool.jsonl"), entries)
+
+    def run(self) -> dict:
+        state = self.load_state()
+        while state["round"] < self.cfg.rounds:
+            r = state["round"]
+            for phase in PHASES[PHASES.index(state["phase"]):]:
+                summary = getattr(self, f"_{phase}")(r)
+                state["history"].append({"round": r, "phase": phase, **(summary or {})})
+                next_index = PHASES.index(phase) + 1
+                state.update(round=r if next_index < len(PHASES) else r + 1,
+                             phase=PHASES[next_index % len(PHASES)])
+                self.save_state(state)
+        return state
+
+    def _tune(self, r: int) -> dict:
+        entries = [e for e in self.train_pool() if not e.provenance.get("excluded")]
+        train_json = self.path("train.json", r)
+        pool_lib.write_llava(train_json, entries)
+        self.parts.tune(r, train_json)
+        return {"train_pool": len(entries)}
+
+    def _assess(self, r: int) -> dict:
+        """Student answers (batched, in-process) and verdicts, appended per item."""
+        out = self.path("assess.jsonl", r)
+        done = _done_ids(out)
+        todo = [e for e in self.train_pool() if e.id not in done]
+        for start in range(0, len(todo), 64):
+            chunk = todo[start:start + 64]
+            answers = self.parts.answer_student(chunk)
+            verdicts = asyncio.run(self._judge(chunk, answers))
+            with open(out, "a") as f:
+                for entry, answer, verdict in zip(chunk, answers, verdicts):
+                    f.write(json.dumps({"id": entry.id, "student": answer, "teacher": entry.target,
+                                        "scores": {"teacher": verdict.teacher, "student": verdict.student},
+                                        "raw": verdict.raw}) + "\n")
+                    f.flush()
+        return {"assessed": len(_done_ids(out))}
+
+    async def _judge(self, entries, answers) -> list:
+        gate = asyncio.Semaphore(self.cfg.concurrency)
+
+        async def one(entry, answer):
+            async with gate:
+                kwargs = {"reference": entry.reference, "skill": entry.skill} if entry.reference is not None \
+                    and _takes_reference(self.parts.judge) else {}
+                return await self.parts.judge.judge(entry.instruction.replace("<image>", "").strip(),
+                                                    entry.target, answer, self.parts.images_of(entry), **kwargs)
+
+        return await asyncio.gather(*(one(e, a) for e, a in zip(entries, answers)))
+
+    def _select(self, r: int) -> dict:
+        records = _records(self.path("assess.jsonl", r))
+        entries = self.train_pool()
+        verdicts = [Verdict(records[e.id]["scores"]["teacher"], records[e.id]["scores"]["student"], [])
+                    for e in entries]
+        rng = np.random.default_rng([self.cfg.seed, r, 0x5E1])
+        chosen = select(verdicts, self.cfg.selection, rng)
+        # Competitive targets and the teacher floor rewrite the pool for the next tuning.
+        updated = []
+        wins = set(chosen.student_wins)
+        for i, (entry, verdict) in enumerate(zip(entries, verdicts)):
+            entry.provenance.setdefault("scores", {})[f"round{r}"] = {"teacher": verdict.teacher,
+                                                                      "student": verdict.student}
+            if self.cfg.competitive and i in wins:
+                entry.target = records[entry.id]["student"]
+                entry.provenance.update(answered_by="student", won_round=r)
+            floor = self.cfg.teacher_floor
+            if floor is not None and verdict.valid and entry.provenance.get("answered_by") == "teacher" \
+                    and verdict.teacher < floor:
+                entry.provenance["excluded"] = True
+            updated.append(entry)
+        _rewrite(self.path("train_pool.jsonl"), updated)
+        with open(self.path("selection.json", r), "w") as f:
+            json.dump({"hard": [entries[i].id for i in chosen.hard],
+                       "easy_kept": [entries[i].id for i in chosen.easy_kept],
+                       "student_wins": [entries[i].id for i in chosen.student_wins],
+                       "excluded": [entries[i].id for i in chosen.excluded]}, f, indent=2)
+        return chosen.counts()
+
+    def _augment(self, r: int) -> dict:
+        with open(self.path("selection.json", r)) as f:
+            chosen = json.load(f)
+        current = self.train_pool()
+        by_id = {e.id: e for e in current}
+        seeds = [by_id[i] for i in chosen["hard"] + chosen["easy_kept"]][: self.cfg.max_new_per_round]
+        candidates = asyncio.run(self.parts.augmentor.propose(
+            seeds, r, {s.id: self.parts.images_of(s) for s in seeds}))
+        # Novelty against the pool as it was before this round's augmentation (a resumed
+        # phase must not count its own earlier additions as duplicates).
+        before = [e.instruction for e in current if e.provenance.get("augmented_round") != r]
+        kept, dropped = filter_novel(candidates, before)
+        out = self.path("augment.jsonl", r)
+        done = _done_ids(out)
+        todo = [(f"r{r}-aug{k:05d}", c) for k, c in enumerate(kept) if f"r{r}-aug{k:05d}" not in done]
+        asyncio.run(self._answer_candidates(r, todo, out))
+        # Answers land in completion order; the pool takes them by id so reruns agree.
+        added = sorted((e for e in pool_lib.load(out) if e.id not in by_id), key=lambda e: e.id)
+        pool_lib.append(self.path("train_pool.jsonl"), added)
+        return {"seeds": len(seeds), "candidates": len(candidates), "near_duplicates": dropped,
+                "added": len(added)}
+
+    async def _answer_candidates(self, r: int, todo, out: str):
+        """The teacher answers each new instruction; each answer is appended as it lands."""
+        gate = asyncio.Semaphore(self.cfg.concurrency)
+
+        async def one(new_id, c):
+            async with gate:
+                entry = pool_lib.PoolEntry(
+                    id=new_id, instruction=c.instruction, target="", image=c.image, skill=c.skill,
+                    reference=c.reference,
+                    provenance={"round": r, "augmented_round": r, "seed_id": c.seed.id, "answered_by": "teacher",
+                                "augmentor": self.parts.augmentor.name})
+                choices = await self.parts.teacher.chat(
+                    [user_message(c.instruction.replace("<image>", "").strip(), self.parts.images_of(entry))],
+                    temperature=0.0, max_tokens=self.cfg.answer_max_tokens)
+                entry.target = choices[0].text.strip()
+                pool_lib.append(out, [entry])
+
+        await asyncio.gather(*(one(new_id, c) for new_id, c in todo))
+
+
+def _takes_reference(judge) -> bool:
+    import inspect
+
+    return "reference" in inspect.signature(judge.judge).parameters
+
+
+def _records(path: str) -> dict:
+    out = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                if line.strip():
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue  # a torn last line; its item is redone
+                    out[record["id"]] = record
+    return out
+
+
+def _done_ids(path: str) -> set:
+    return set(_records(path))
+
+
+def _rewrite(path: str, entries) -> None:
+    tmp = path + ".tmp"
+    if os.path.exists(tmp):
+        os.remove(tmp)
+    pool_lib.append(tmp, entries)
+    os.replace(tmp, path)

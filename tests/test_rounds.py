@@ -1,0 +1,112 @@
+"""The distillation loop with stand-in models: pools grow with provenance, targets
+become competitive, and a crash inside assessment or augmentation resumes to the
+same pool as an uninterrupted run."""
+import json
+import os
+
+import pytest
+
+from comd_jax.data.synthetic import world
+from comd_jax.distill import pool, rounds
+from comd_jax.distill.augment import ProceduralAugmentor
+from comd_jax.distill.judges import ReferenceJudge
+from comd_jax.distill.protocol import Choice
+from comd_jax.distill.selection import SelectionConfig
+
+
+class Crash(RuntimeError):
+    pass
+
+
+class Teacher:
+    """Answers with the first word of the question: deterministic, sometimes right."""
+
+    def __init__(self, fail_after=None):
+        self.calls, self.fail_after = 0, fail_after
+
+    async def chat(self, messages, **params):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise Crash("teacher endpoint down")
+        content = messages[-1]["content"]
+        text = content if isinstance(content, str) else content[-1]["text"]
+        return [Choice(text.split()[0].lower())]
+
+
+def student_answers(fail_after=None):
+    seen = {"n": 0}
+
+    def answer(entries):
+        seen["n"] += len(entries)
+        if fail_after is not None and seen["n"] > fail_after:
+            raise Crash("student died")
+        # Right (the reference) on even positions of the id, wrong otherwise.
+        return [e.reference if int(e.id[-1]) % 2 == 0 else "no idea" for e in entries]
+
+    return answer
+
+
+def initial_pool():
+    spec = world.WorldSpec(seed=5)
+    out = []
+    for i in range(12):
+        ex = world.generate_example(spec, world.INSTRUCTIONS, i)
+        out.append(pool.PoolEntry(f"p{i:02d}", ex.conversations[0]["value"], "wrong teacher answer",
+                                  skill=ex.skill, reference=ex.answer.split(" | ")[0],
+                                  provenance={"round": -1, "answered_by": "teacher"}))
+    return out
+
+
+def make_loop(workdir, teacher, student, tuned):
+    parts = rounds.Components(
+        teacher=teacher, judge=ReferenceJudge(metric_for=lambda skill: "f1"),
+        augmentor=ProceduralAugmentor(world.WorldSpec(seed=9), os.path.join(workdir, "images"), seed=1),
+        answer_student=student, tune=lambda r, path: tuned.append((r, len(json.load(open(path))))))
+    cfg = rounds.DistillConfig(rounds=2, selection=SelectionConfig(threshold=1.0, easy_keep=0.25), seed=3)
+    loop = rounds.Loop(cfg, str(workdir), parts)
+    loop.seed_pool(initial_pool())
+    return loop
+
+
+def final_pool(workdir):
+    return [e.to_json() for e in pool.load(os.path.join(workdir, "distill", "train_pool.jsonl"))]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    tuned = []
+    state = make_loop(workdir, Teacher(), student_answers(), tuned).run()
+    return workdir, state, tuned
+
+
+def test_rounds_grow_the_pool_with_provenance(uninterrupted):
+    workdir, state, tuned = uninterrupted
+    assert state["round"] == 2 and [r for r, _ in tuned] == [0, 1]
+    assert tuned[1][1] > tuned[0][1] == 12  # round 1 trains on the grown pool
+    entries = pool.load(os.path.join(workdir, "distill", "train_pool.jsonl"))
+    added = [e for e in entries if e.provenance.get("augmentor") == "procedural"]
+    assert added and all(e.provenance["seed_id"] and e.provenance["round"] in (0, 1) for e in added)
+    selection = json.load(open(os.path.join(workdir, "distill", "round0_selection.json")))
+    # The teacher's stand-in answers are wrong and the student is right on even ids: those are wins.
+    assert set(selection["student_wins"]) == {e.id for e in entries[:12] if int(e.id[-1]) % 2 == 0}
+    won = [e for e in entries if e.provenance.get("answered_by") == "student"]
+    assert won and all(e.target == e.reference for e in won)  # competitive targets took the student's answer
+    phases = [(h["round"], h["phase"]) for h in state["history"]]
+    assert phases == [(r, p) for r in (0, 1) for p in rounds.PHASES]
+
+
+@pytest.mark.parametrize("where", ["assess", "augment"])
+def test_crash_and_resume_gives_the_same_pool(uninterrupted, tmp_path, where):
+    reference_dir, _, reference_tuned = uninterrupted
+    tuned = []
+    teacher = Teacher(fail_after=2) if where == "augment" else Teacher()
+    student = student_answers(fail_after=14) if where == "assess" else student_answers()
+    with pytest.raises(Crash):
+        make_loop(tmp_path, teacher, student, tuned).run()
+    state = json.load(open(tmp_path / "distill" / "state.json"))
+    assert state["phase"] == where  # it died inside that phase
+    resumed = make_loop(tmp_path, Teacher(), student_answers(), tuned).run()
+    assert resumed["round"] == 2
+    assert final_pool(tmp_path) == final_pool(reference_dir)
+    assert tuned[-1] == reference_tuned[-1]
