@@ -47,6 +47,38 @@ def params_fingerprint(params: dict) -> str:
     return digest.hexdigest()
 
 
+def check_tokenizer(tokenizer, model_cfg, section_name: str = "model"):
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    if model_cfg.vision is not None and image_id != model_cfg.image_token_id:
+        raise ValueError(f"config.{section_name}.image_token_id={model_cfg.image_token_id} but the tokenizer's "
+                         f"<image> is {image_id}")
+    if len(tokenizer) > model_cfg.text.vocab_size:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens, config.{section_name}.text.vocab_size is "
+                         f"{model_cfg.text.vocab_size}")
+
+
+def train_stages(config, workdir: str, model_cfg, stage_names, data, tokenizer, mesh, recipe: str,
+                 params=None, prefix: str = "") -> tuple:
+    """Train `model_cfg` through the named stage sections in order; (params, summaries).
+
+    Each stage resumes from its own checkpoints under `workdir/checkpoints/<prefix><stage>`."""
+    summaries = []
+    for name in stage_names:
+        section = config[name]
+        stage = stage_config(prefix + name, section)
+        train_data = stages_lib.train_pipeline(data, section, tokenizer, model_cfg.num_image_tokens,
+                                               seed=config.seed)
+        eval_data = stages_lib.eval_batches(data, section, tokenizer, model_cfg.num_image_tokens)
+        with train_data:
+            state, summary = train_stage(stage, model_cfg, mesh, recipe, config.seed, workdir,
+                                         train_data, eval_data, init_params=params,
+                                         flops_per_step=_flops_per_step(model_cfg, section))
+        params = state.params
+        summary["params_sha256"] = params_fingerprint(params)
+        summaries.append(summary)
+    return params, summaries
+
+
 def run(config, workdir: str) -> dict:
     from transformers import AutoTokenizer
 
@@ -56,26 +88,9 @@ def run(config, workdir: str) -> dict:
     mesh = shd.make_mesh(mesh_cfg.shape(jax.device_count()))
     data = stages_lib.stage_data(config, workdir)
     tokenizer = AutoTokenizer.from_pretrained(data.tokenizer_dir)
-    image_id = tokenizer.convert_tokens_to_ids("<image>")
-    if model_cfg.vision is not None and image_id != model_cfg.image_token_id:
-        raise ValueError(f"config.model.image_token_id={model_cfg.image_token_id} but the tokenizer's <image> "
-                         f"is {image_id}")
-    if len(tokenizer) > model_cfg.text.vocab_size:
-        raise ValueError(f"tokenizer has {len(tokenizer)} tokens, model vocab_size {model_cfg.text.vocab_size}")
-    params, summaries = None, []
-    for name in config.stages:
-        section = config[name]
-        stage = stage_config(name, section)
-        train_data = stages_lib.train_pipeline(data, section, tokenizer, model_cfg.num_image_tokens,
-                                               seed=config.seed)
-        eval_data = stages_lib.eval_batches(data, section, tokenizer, model_cfg.num_image_tokens)
-        with train_data:
-            state, summary = train_stage(stage, model_cfg, mesh, mesh_cfg.recipe, config.seed, workdir,
-                                         train_data, eval_data, init_params=params,
-                                         flops_per_step=_flops_per_step(model_cfg, section))
-        params = state.params
-        summary["params_sha256"] = params_fingerprint(params)
-        summaries.append(summary)
+    check_tokenizer(tokenizer, model_cfg)
+    params, summaries = train_stages(config, workdir, model_cfg, config.stages, data, tokenizer, mesh,
+                                     mesh_cfg.recipe)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summaries, f, indent=2)
