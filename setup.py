@@ -25,6 +25,7 @@ INSTALL_REQUIRES = [
     "array-record>=0.5",
     # TFDS imports it on Python >= 3.9 but only declares it for < 3.9.
     "importlib_resources>=5",
+    "matplotlib>=3.5",  # evaluation reports: PNG plots (Agg backend)
 ]
 
 TEST_REQUIRES = [

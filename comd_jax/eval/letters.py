@@ -49,6 +49,8 @@ def _leading_letter(text: str, valid: str) -> Optional[str]:
     # lowercase word without punctuation is prose.
     if text.lstrip("([ ").startswith(letter + " ") and rest[:1].islower():
         return None
+    if re.match(r"\s*(?:or|and)\b", rest, re.IGNORECASE):  # "(A) or (B)": hedged, no choice
+        return None
     return letter
 
 

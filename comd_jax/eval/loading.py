@@ -1,0 +1,65 @@
+"""From an experiment config and checkpoint paths to ready Answerers (what launch/eval.py needs)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional
+
+from comd_jax.eval.answerer import GreedyAnswerer
+from comd_jax.eval.checkpoints import is_transformers_dir, load_model
+
+
+def infer_workdir(checkpoint: str, fallback: str) -> str:
+    """WORKDIR from WORKDIR/checkpoints/<stage>[/<step>]; else `fallback`."""
+    parts = os.path.abspath(checkpoint).split(os.sep)
+    if "checkpoints" in parts:
+        return os.sep.join(parts[:len(parts) - 1 - parts[::-1].index("checkpoints")]) or os.sep
+    return fallback
+
+
+def world_spec(config):
+    """The config's offline world (None unless config.data.kind == 'world')."""
+    if config.data.kind != "world":
+        return None
+    from comd_jax.data.synthetic import world
+
+    d = config.data
+    return world.WorldSpec(seed=d.world_seed, image_size=d.image_size, num_captions=d.num_captions,
+                           num_instructions=d.num_instructions, num_heldout=d.num_heldout)
+
+
+def make_answerer(config, model_section, checkpoint: str, workdir: str, *, max_new_tokens: int = 64,
+                  batch_size: int = 8) -> GreedyAnswerer:
+    from transformers import AutoTokenizer
+
+    from comd_jax import config as config_lib
+    from comd_jax import stages
+    from comd_jax.data.images import ImageProcessorConfig
+
+    model = load_model(checkpoint, config_lib.model_config(model_section))
+    data = stages.stage_data(config, workdir)
+    tokenizer_dir, image_config = data.tokenizer_dir, data.image_processor
+    # A transformers directory saved with its tokenizer / processor brings its own.
+    if is_transformers_dir(checkpoint) and os.path.isfile(os.path.join(checkpoint, "tokenizer.json")):
+        tokenizer_dir = checkpoint
+    if is_transformers_dir(checkpoint) and os.path.isfile(os.path.join(checkpoint, "preprocessor_config.json")):
+        image_config = ImageProcessorConfig.from_pretrained(checkpoint)
+    return GreedyAnswerer(model, AutoTokenizer.from_pretrained(tokenizer_dir), image_config,
+                          template=config.tune.template, max_new_tokens=max_new_tokens, batch_size=batch_size)
+
+
+def evaluate_checkpoint(config, checkpoint: str, benchmark: str, output: str, settings=None, *,
+                        teacher_checkpoint: str = "", workdir: str = "", max_new_tokens: int = 64,
+                        batch_size: int = 8) -> dict:
+    """Student (and optionally teacher) from checkpoints → run_benchmark → files in `output`."""
+    from comd_jax.eval.suite import EvalSettings, run_benchmark
+
+    settings = settings or EvalSettings()
+    if settings.world_spec is None:
+        settings = dataclasses.replace(settings, world_spec=world_spec(config))
+    workdir = workdir or infer_workdir(checkpoint, output)
+    kw = dict(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    answerers = {"student": make_answerer(config, config.model, checkpoint, workdir, **kw)}
+    if teacher_checkpoint:
+        answerers["teacher"] = make_answerer(config, config.teacher, teacher_checkpoint, workdir, **kw)
+    return run_benchmark(benchmark, answerers, settings, output)
