@@ -1,0 +1,71 @@
+"""Multi-host start-up: the choice of how to call jax.distributed.initialize,
+from flags and SLURM/TPU environment variables, without initializing anything."""
+import pytest
+
+from comd_jax import distributed as dist
+
+SLURM_2x4 = {  # 2 nodes, one task per GPU (4 per node); this is task 5 = node 2, GPU 1
+    "SLURM_JOB_ID": "77", "SLURM_NTASKS": "8", "SLURM_PROCID": "5", "SLURM_LOCALID": "1",
+    "SLURM_JOB_NODELIST": "gpu[007-008]", "SLURM_TASKS_PER_NODE": "4(x2)",
+}
+SLURM_PER_NODE = {"SLURM_JOB_ID": "9", "SLURM_NTASKS": "4", "SLURM_PROCID": "2", "SLURM_LOCALID": "0",
+                  "SLURM_JOB_NODELIST": "a100-n1,a100-n[2-4]", "SLURM_NTASKS_PER_NODE": "1"}
+
+
+@pytest.mark.parametrize("nodelist, host", [
+    ("node1", "node1"), ("gpu[007-008]", "gpu007"), ("gpu[3,5-6],cpu1", "gpu3"),
+    ("a100-n1,a100-n[2-4]", "a100-n1"), ("rack2-[10-12]", "rack2-10")])
+def test_first_host_of_a_slurm_node_list(nodelist, host):
+    assert dist.first_host(nodelist) == host
+
+
+def test_single_process_is_a_noop_plan():
+    assert dist.plan(env={}).kind == "single"
+    assert dist.plan(env={"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}).kind == "single"  # one-task salloc
+    assert dist.plan("none", env=SLURM_2x4).kind == "single"
+    p = dist.initialize(dist.plan(env={}))  # truly a no-op: no coordinator is contacted
+    assert p.kind == "single"
+
+
+def test_slurm_one_task_per_gpu():
+    p = dist.plan(env=SLURM_2x4)
+    assert (p.kind, p.coordinator_address, p.num_processes, p.process_id) == ("explicit", "gpu007:12355", 8, 5)
+    assert p.local_device_ids == (1,)
+
+
+def test_slurm_one_task_per_node_sees_all_its_gpus():
+    p = dist.plan(env=SLURM_PER_NODE, port=2222)
+    assert (p.coordinator_address, p.num_processes, p.process_id, p.local_device_ids) == \
+        ("a100-n1:2222", 4, 2, None)
+
+
+def test_step_variables_win_over_the_allocation():
+    env = {**SLURM_PER_NODE, "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_NODELIST": "a100-n[3-4]"}
+    p = dist.plan(env=env)
+    assert (p.coordinator_address, p.num_processes) == ("a100-n3:12355", 2)
+
+
+def test_flags_alone_and_flags_over_slurm():
+    p = dist.plan("auto", "10.0.0.2:1234", 3, 1, env={})
+    assert (p.kind, p.coordinator_address, p.num_processes, p.process_id, p.source) == \
+        ("explicit", "10.0.0.2:1234", 3, 1, "flags")
+    p = dist.plan("auto", "head:999", env=SLURM_2x4)  # address from the flag, counts from SLURM
+    assert (p.coordinator_address, p.num_processes, p.process_id) == ("head:999", 8, 5)
+
+
+def test_tpu_modes():
+    assert dist.plan("tpu", env={}).kind == "tpu"
+    assert dist.plan(env={"TPU_WORKER_HOSTNAMES": "10.0.0.1,10.0.0.2"}).kind == "tpu"
+    assert dist.plan(env={"TPU_WORKER_HOSTNAMES": "localhost"}).kind == "single"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(mode="flags", coordinator_address="h:1", num_processes=2, process_id=2), "must be in"),
+    (dict(mode="flags", num_processes=2, process_id=0), "coordinator_address"),
+    (dict(mode="auto", coordinator_address="h:1"), "num_processes"),
+    (dict(mode="slurm"), "srun"),
+    (dict(mode="bogus"), "choose one of"),
+])
+def test_bad_settings_say_what_is_missing(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        dist.plan(env={}, **kwargs)
