@@ -25,12 +25,15 @@ _SUBJECTS = {"natural science": "NAT", "social science": "SOC", "language scienc
 
 
 def load_json_or_jsonl(path: str):
+    """A .jsonl file (or any file that is not one JSON document) is read line by line."""
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    if not path.endswith(".jsonl"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            pass
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def build_prompt(question: Mapping, *, suffix: str = SUFFIX) -> str:
