@@ -26,12 +26,15 @@ INSTALL_REQUIRES = [
     # TFDS imports it on Python >= 3.9 but only declares it for < 3.9.
     "importlib_resources>=5",
     "matplotlib>=3.5",  # evaluation reports: PNG plots (Agg backend)
+    "aiohttp>=3.9",  # the teacher server and its client (comd_jax/serve)
 ]
 
 TEST_REQUIRES = [
     "pytest>=8",
     # Test-only PyTorch reference for parity; the exact pin takes the CPU build on disk.
     "torch==2.13.0",
+    # The official client talks to our server in tests/test_serve.py.
+    "openai>=1.30",
 ]
 
 setup(

@@ -1,0 +1,63 @@
+"""The engine's compiled pieces: prefill, cache insertion and multi-step decode.
+
+All take the model as (graphdef, state) and merge inside the trace: plain
+`jax.jit` then sees only arrays, which keeps per-call host overhead low (one
+decode call per K tokens is the hot loop of the server). Shapes come from
+buckets chosen by the engine, so each function compiles a handful of times.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from comd_jax.serve import sampling
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def prefill(graphdef, state, ids_kt, pixels, offsets_k, lengths_k, keys_k2, temp_k, top_p_k):
+    """One pass over k right-padded prompts → (first token [k], its logprob [k],
+    the prompts' own KV cache [layers, k, T, ...]). Each row's first token is
+    drawn with generated-token index 0."""
+    model = nnx.merge(graphdef, state)
+    k, t = ids_kt.shape
+    cache = model.init_cache(k, t)
+    positions = jnp.broadcast_to(jnp.arange(t), (k, t))
+    logits, cache = model.decode(model.embed(ids_kt, pixels, offsets_k), positions, cache)
+    last = logits[jnp.arange(k), lengths_k - 1]
+    token, logp = sampling.choose(last, keys_k2, jnp.zeros((k,), jnp.int32), temp_k, top_p_k)
+    return token, logp, cache
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def insert(cache, prompt_cache, slots_k):
+    """Write prompt caches into rows `slots_k` of the running cache (slots 0..T-1).
+
+    Rows may repeat (the engine pads a prefill group with copies of its last
+    request); copies hold identical values, so the scatter stays deterministic."""
+    t = prompt_cache["k"].shape[2]
+    return {name: cache[name].at[:, slots_k, :t].set(prompt_cache[name].astype(cache[name].dtype))
+            for name in cache}
+
+
+@functools.partial(jax.jit, static_argnums=(0, 9), donate_argnums=2)
+def decode(graphdef, state, cache, tok_b, pos_b, count_b, keys_b2, temp_b, top_p_b, steps: int):
+    """`steps` tokens for every row: tokens [B, steps], logprobs [B, steps], cache.
+
+    Row b feeds tok_b at position pos_b, then its own samples; positions past
+    the cache are clamped to its last slot (only rows that already finished
+    get there, and the engine discards their tokens)."""
+    model = nnx.merge(graphdef, state)
+    last_slot = cache["k"].shape[2] - 1
+
+    def step(carry, j):
+        tok, cache = carry
+        pos = jnp.minimum(pos_b + j, last_slot)
+        logits, cache = model.decode(model.text.embed_tokens(tok[:, None]), pos[:, None], cache)
+        nxt, logp = sampling.choose(logits[:, 0], keys_b2, count_b + j, temp_b, top_p_b)
+        return (nxt, cache), (nxt, logp)
+
+    (_, cache), (toks, logps) = jax.lax.scan(step, (tok_b, cache), jnp.arange(steps))
+    return toks.T, logps.T, cache

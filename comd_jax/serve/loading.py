@@ -1,0 +1,97 @@
+"""Build what the server needs from an experiment config: the teacher model
+(random, a transformers directory, or one of our Orbax checkpoints), its
+tokenizer and image processor, and the engine — then serve.
+
+Tokenizer and image processor come from the same place training takes them
+(`comd_jax.stages.stage_data`): the offline world in WORKDIR/world for
+`config.data.kind == 'world'` (built on first use, reused after), else
+`config.data.tokenizer` / `config.data.image_processor`. The prompt template
+is the instruction-tuning stage's (`config.tune.template`, else vicuna_v1).
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import jax
+
+from comd_jax import config as config_lib
+from comd_jax import sharding as shd
+from comd_jax.models import build
+from comd_jax.serve.engine import Engine, EngineConfig
+from comd_jax.serve.prompts import Limits, Prompter
+
+
+def _orbax_step_dir(path: str) -> str:
+    """A stage directory (…/checkpoints/<stage>) → its latest step; a step directory as is."""
+    if os.path.isdir(os.path.join(path, "state")):
+        return path
+    steps = [int(d) for d in os.listdir(path) if d.isdigit() and os.path.isdir(os.path.join(path, d, "state"))]
+    if not steps:
+        raise FileNotFoundError(f"{path}: neither a transformers directory (config.json) nor an Orbax "
+                                "checkpoint (<step>/state)")
+    return os.path.join(path, str(max(steps)))
+
+
+def restore_params(path: str, model_cfg, mesh, recipe: str) -> dict:
+    """Only the parameters of a training-state checkpoint, placed by the serving mesh
+    (optimizer state is skipped: the server never needs it)."""
+    import orbax.checkpoint as ocp
+
+    rules = shd.rules_for(recipe)
+    _, abstract = build.abstract_model(model_cfg, rules)
+    shardings = build.param_shardings(abstract, mesh, rules)
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract.to_pure_dict(), shardings)
+    restore_args = ocp.checkpoint_utils.construct_restore_args({"params": target})
+    with ocp.PyTreeCheckpointer() as ckptr:
+        restored = ckptr.restore(os.path.join(_orbax_step_dir(path), "state"),
+                                 args=ocp.args.PyTreeRestore(item={"params": target}, restore_args=restore_args,
+                                                             partial_restore=True))
+    return restored["params"]
+
+
+def load_model(model_cfg, checkpoint: Optional[str], mesh, recipe: str = "fsdp", seed: int = 0):
+    rules = shd.rules_for(recipe)
+    if not checkpoint:
+        return build.build_model(model_cfg, mesh, rules, seed)
+    if os.path.exists(os.path.join(checkpoint, "config.json")):
+        from comd_jax.convert.hf import load_pretrained
+
+        return load_pretrained(checkpoint, mesh, recipe=recipe)
+    graphdef, abstract = build.abstract_model(model_cfg, rules)
+    return build.merge(graphdef, abstract, restore_params(checkpoint, model_cfg, mesh, recipe))
+
+
+def engine_from_config(config, workdir: str, checkpoint: Optional[str] = None, *,
+                       engine_config: EngineConfig = EngineConfig(), limits: Limits = Limits()):
+    """(Engine, Prompter) for `config.teacher`."""
+    from transformers import AutoTokenizer
+
+    from comd_jax import stages
+
+    model_cfg = config_lib.model_config(config.teacher)
+    mesh_cfg = config_lib.mesh_config(config.mesh)
+    mesh = shd.make_mesh(mesh_cfg.shape(jax.device_count()))
+    data = stages.stage_data(config, workdir)
+    tokenizer = AutoTokenizer.from_pretrained(data.tokenizer_dir)
+    model = load_model(model_cfg, checkpoint, mesh, mesh_cfg.recipe, config.seed)
+    template = config.tune.template if "tune" in config else "vicuna_v1"
+    prompter = Prompter(tokenizer, data.image_processor, template=template,
+                        image_token_id=model.cfg.image_token_id, num_image_tokens=model.cfg.num_image_tokens,
+                        limits=limits)
+    engine = Engine(model, tokenizer, engine_config, mesh=mesh, rules=shd.rules_for(mesh_cfg.recipe),
+                    seed=config.seed)
+    return engine, prompter
+
+
+def serve(config, *, host: str = "127.0.0.1", port: int = 8000, checkpoint: Optional[str] = None,
+          api_key: Optional[str] = None, workdir: str = "workdir", model_name: str = "comd-teacher") -> None:
+    """What `launch/serve_teacher.py` calls: load, then serve until SIGINT/SIGTERM."""
+    from comd_jax.serve import server
+
+    limits = Limits()
+    engine_config = EngineConfig(max_seq_len=limits.max_prompt_tokens + limits.max_output_tokens)
+    engine, prompter = engine_from_config(config, workdir, checkpoint, engine_config=engine_config, limits=limits)
+    app = server.create_app(engine, prompter, model_name=model_name, api_key=api_key)
+    server.run(app, host=host, port=port)

@@ -1,0 +1,87 @@
+"""The OpenAI chat-completions wire format: request fields → SamplingParams,
+engine Results → the response object. No HTTP here."""
+from __future__ import annotations
+
+import time
+import uuid
+
+from comd_jax.serve.prompts import Limits, RequestError
+from comd_jax.serve.sampling import SamplingParams
+
+KNOWN_FIELDS = {"model", "messages", "n", "temperature", "top_p", "max_tokens", "max_completion_tokens", "stop",
+                "seed", "logprobs", "top_logprobs", "stream", "user", "frequency_penalty", "presence_penalty"}
+
+
+def _number(body, name, default, lo, hi, integer=False):
+    value = body.get(name, default)
+    if value is None:
+        return default
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise RequestError(f"'{name}' must be {'an integer' if integer else 'a number'}, got {value!r}", name)
+    if not lo <= value <= hi:
+        raise RequestError(f"'{name}' must be in [{lo}, {hi}], got {value}", name)
+    return value
+
+
+def sampling_params(body: dict, limits: Limits) -> tuple:
+    """(SamplingParams, n) from a request body; raises RequestError."""
+    if body.get("stream"):
+        raise RequestError("streaming is not supported; leave 'stream' unset or false", "stream")
+    for name in ("frequency_penalty", "presence_penalty"):
+        if _number(body, name, 0, -2, 2) != 0:
+            raise RequestError(f"'{name}' is not supported (only 0)", name)
+    n = _number(body, "n", 1, 1, limits.max_n, integer=True)
+    name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = _number(body, name, min(64, limits.max_output_tokens), 1, limits.max_output_tokens, integer=True)
+    stop = body.get("stop")
+    stop = [] if stop is None else [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or len(stop) > limits.max_stop or not all(isinstance(s, str) and s for s in stop):
+        raise RequestError(f"'stop' must be a non-empty string or a list of at most {limits.max_stop} of them", "stop")
+    logprobs = body.get("logprobs", False)
+    if logprobs is not None and not isinstance(logprobs, bool):
+        raise RequestError("'logprobs' must be a boolean", "logprobs")
+    if _number(body, "top_logprobs", 0, 0, 20, integer=True):
+        raise RequestError("'top_logprobs' is not supported (only 0): each token's own logprob is returned",
+                           "top_logprobs")
+    params = SamplingParams(
+        max_tokens=max_tokens, temperature=float(_number(body, "temperature", 1.0, 0.0, 2.0)),
+        top_p=float(_number(body, "top_p", 1.0, 1e-6, 1.0)),
+        seed=_number(body, "seed", None, -2 ** 63, 2 ** 63 - 1, integer=True), stop=tuple(stop),
+        logprobs=bool(logprobs))
+    return params, n
+
+
+def choice_seed(seed, index: int):
+    """Choice i of a seeded request uses seed + i: n samples differ, reruns repeat."""
+    return None if seed is None else (seed + index) % 2 ** 31
+
+
+def _logprobs(result, tokenizer):
+    if result.logprobs is None:
+        return None
+    content = []
+    for token_id, logp in zip(result.token_ids, result.logprobs):
+        token = tokenizer.decode([token_id])
+        content.append({"token": token, "logprob": logp, "bytes": list(token.encode("utf-8")), "top_logprobs": []})
+    return {"content": content}
+
+
+def completion(results: list, model: str, tokenizer) -> dict:
+    prompt_tokens = results[0].prompt_tokens if results else 0
+    completion_tokens = sum(len(r.token_ids) for r in results)
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": i, "message": {"role": "assistant", "content": r.text},
+                     "finish_reason": r.finish_reason, "logprobs": _logprobs(r, tokenizer)}
+                    for i, r in enumerate(results)],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+    }
+
+
+def error(message: str, *, kind: str = "invalid_request_error", param=None, code=None) -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}

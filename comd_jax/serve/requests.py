@@ -1,0 +1,86 @@
+"""What the engine takes and gives back, and the per-sequence bookkeeping that
+decides when a sequence ends (EOS, max_tokens, stop strings)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+
+from comd_jax.serve.sampling import SamplingParams
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    prompt_ids: np.ndarray  # int32 [T], image placeholders already expanded
+    pixels: Optional[np.ndarray] = None  # float32 [M, H, W, C] preprocessed images, in prompt order
+    params: SamplingParams = SamplingParams()
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    text: str
+    token_ids: list
+    finish_reason: str  # "stop" (EOS or a stop string) | "length" (max_tokens)
+    prompt_tokens: int
+    logprobs: Optional[list] = None  # per generated token, when asked for
+
+
+class Sequence:
+    """One request in flight: its slot, generated tokens and stop checks."""
+
+    def __init__(self, request: Request, slot: int, eos_ids: frozenset, tokenizer):
+        self.request = request
+        self.slot = slot
+        self.eos_ids = eos_ids
+        self.tokenizer = tokenizer
+        self.tokens: list = []
+        self.logprobs: list = []
+        self.finish_reason: Optional[str] = None
+        self.stop_text: Optional[str] = None
+
+    @property
+    def params(self) -> SamplingParams:
+        return self.request.params
+
+    @property
+    def next_position(self) -> int:
+        """Where the last generated token gets fed (its KV slot)."""
+        return len(self.request.prompt_ids) + len(self.tokens) - 1
+
+    def extend(self, tokens, logprobs) -> bool:
+        """Take a chunk of tokens in order until the sequence ends; True when it has."""
+        for token, logp in zip(tokens, logprobs):
+            if int(token) in self.eos_ids:
+                self.finish_reason = "stop"
+                return True
+            self.tokens.append(int(token))
+            self.logprobs.append(float(logp))
+            if len(self.tokens) >= self.params.max_tokens:
+                self.finish_reason = "length"
+                break
+        if self.params.stop and self._cut_at_stop():
+            self.finish_reason = "stop"
+        return self.finish_reason is not None
+
+    def _cut_at_stop(self) -> bool:
+        text = self._text(self.tokens)
+        found = [i for i in (text.find(s) for s in self.params.stop) if i >= 0]
+        if not found:
+            return False
+        self.stop_text = text[:min(found)]
+        # Keep tokens up to the one that completed the stop string (for usage and logprobs).
+        for n in range(1, len(self.tokens) + 1):
+            if any(s in self._text(self.tokens[:n]) for s in self.params.stop):
+                del self.tokens[n:], self.logprobs[n:]
+                break
+        return True
+
+    def _text(self, tokens) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def result(self) -> Result:
+        text = self.stop_text if self.stop_text is not None else self._text(self.tokens)
+        return Result(text=text, token_ids=list(self.tokens), finish_reason=self.finish_reason or "length",
+                      prompt_tokens=int(len(self.request.prompt_ids)),
+                      logprobs=list(self.logprobs) if self.params.logprobs else None)

@@ -1,0 +1,67 @@
+"""Per-request sampling settings and the jitted token chooser.
+
+Each row of a decode batch carries its own temperature, top-p and PRNG key, so
+requests with different settings share one compiled step. A row's random
+draw for its i-th generated token uses fold_in(key, i): the same seed gives
+the same tokens whichever other requests share the batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 64
+    temperature: float = 1.0  # 0 = greedy (argmax)
+    top_p: float = 1.0
+    seed: Optional[int] = None  # None: the engine draws one
+    stop: tuple = ()  # stop strings; the text ends before the first one found
+    logprobs: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "stop", tuple(self.stop))
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if not 0.0 <= self.temperature <= 100.0:
+            raise ValueError(f"temperature must be in [0, 100], got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise ValueError("stop strings must be non-empty strings")
+
+
+def _top_p_filter(scaled_bv, top_p_b):
+    """Logits outside the smallest set whose probability reaches top_p become -inf."""
+    sorted_bv = -jnp.sort(-scaled_bv, axis=-1)
+    probs = jax.nn.softmax(sorted_bv, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each token: the first always stays
+    keep = before < top_p_b[:, None]
+    threshold = jnp.min(jnp.where(keep, sorted_bv, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(scaled_bv >= threshold, scaled_bv, -jnp.inf)
+
+
+def _sample(logits_bv, keys_b2, counts_b, temp_b, top_p_b):
+    scaled = logits_bv / jnp.maximum(temp_b, 1e-6)[:, None]
+    filtered = _top_p_filter(scaled, top_p_b)
+    keys = jax.vmap(jax.random.fold_in)(keys_b2, counts_b)
+    return jax.vmap(jax.random.categorical)(keys, filtered).astype(jnp.int32)
+
+
+def choose(logits_bv, keys_b2, counts_b, temp_b, top_p_b):
+    """(token [B] int32, its log-probability under the unscaled model [B] float32).
+
+    Rows with temperature 0 take the argmax; the sort-based top-p path runs only
+    when some row samples, so all-greedy batches stay cheap.
+    """
+    logits_bv = logits_bv.astype(jnp.float32)
+    greedy = jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
+    sampled = jax.lax.cond(jnp.any(temp_b > 0), _sample, lambda *a: greedy,
+                           logits_bv, keys_b2, counts_b, temp_b, top_p_b)
+    token = jnp.where(temp_b > 0, sampled, greedy)
+    logp = jax.nn.log_softmax(logits_bv, axis=-1)
+    return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
