@@ -14,7 +14,9 @@ from comd_jax.eval import plots
 
 
 def fmt(value) -> str:
-    return "—" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
+    if value is None:
+        return "—"
+    return f"{value:.2f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
@@ -59,7 +61,7 @@ def write_result(result: Mapping, out_dir: str, name: Optional[str] = None) -> d
 def round_table(results_by_round: plots.Scores, model: str) -> str:
     """Rows: rounds; columns: metrics, for one model."""
     metrics = plots.metrics_of(results_by_round)
-    rows = [[r] + [by_model.get(model, {}).get(k) for k in metrics] for r, by_model in results_by_round.items()]
+    rows = [[str(r)] + [by_model.get(model, {}).get(k) for k in metrics] for r, by_model in results_by_round.items()]
     return markdown_table(["round"] + metrics, rows)
 
 
