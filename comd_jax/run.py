@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 
 import jax
 import numpy as np
+from etils import epath
 from flax.traverse_util import flatten_dict
 from jax.experimental import multihost_utils
 
 from comd_jax import config as config_lib
+from comd_jax import pretrained
 from comd_jax import sharding as shd
 from comd_jax import stages as stages_lib
 from comd_jax.train.trainer import StageConfig, train_stage
@@ -82,16 +83,16 @@ def train_stages(config, workdir: str, model_cfg, stage_names, data, tokenizer, 
 def run(config, workdir: str) -> dict:
     from transformers import AutoTokenizer
 
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # a local folder or gs://bucket/run
     model_cfg = config_lib.model_config(config.model)
     mesh_cfg = config_lib.mesh_config(config.mesh)
     mesh = shd.make_mesh(mesh_cfg.shape(jax.device_count()))
     data = stages_lib.stage_data(config, workdir)
     tokenizer = AutoTokenizer.from_pretrained(data.tokenizer_dir)
     check_tokenizer(tokenizer, model_cfg)
+    params = pretrained.student_params(config, model_cfg, mesh, mesh_cfg.recipe)
     params, summaries = train_stages(config, workdir, model_cfg, config.stages, data, tokenizer, mesh,
-                                     mesh_cfg.recipe)
+                                     mesh_cfg.recipe, params=params)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(summaries, f, indent=2)
+        epath.Path(workdir, "summary.json").write_text(json.dumps(summaries, indent=2))
     return {"stages": summaries, "params": params}

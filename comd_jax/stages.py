@@ -28,21 +28,31 @@ class StageData:
     source: Callable  # (split_or_file, image_folder) -> Source
 
 
+def world_dir(workdir: str) -> str:
+    """Where the offline world is built: WORKDIR/world, or a local cache when WORKDIR is remote
+    (gs://): the world is regenerated identically from its seed on every host, and its TFDS
+    files want a local disk."""
+    if "://" not in workdir:
+        return os.path.join(workdir, "world")
+    return os.path.join(os.path.expanduser("~/.cache/comd_jax"), workdir.split("://", 1)[1].strip("/"), "world")
+
+
 def _world(config, workdir: str) -> StageData:
     from comd_jax.data.synthetic import builder, prepare, world
 
     d = config.data
     spec = world.WorldSpec(seed=d.world_seed, image_size=d.image_size, num_captions=d.num_captions,
                            num_instructions=d.num_instructions, num_heldout=d.num_heldout)
-    files = prepare.prepare_world(os.path.join(workdir, "world"), spec, vocab_size=d.vocab_size)
+    root = world_dir(workdir)
+    files = prepare.prepare_world(root, spec, vocab_size=d.vocab_size)
     # Held-out captions come from a world with another seed: new scenes, same language.
     eval_spec = dataclasses.replace(spec, seed=spec.seed + 7919, num_captions=d.num_heldout, num_instructions=8,
                                     num_heldout=8)
 
     def source(split, folder=None):
         if split == HELDOUT_CAPTIONS:
-            return builder.source(eval_spec, world.CAPTIONS, os.path.join(workdir, "world", "tfds_heldout"))
-        return builder.source(spec, split, os.path.join(workdir, "world", "tfds"))
+            return builder.source(eval_spec, world.CAPTIONS, os.path.join(root, "tfds_heldout"))
+        return builder.source(spec, split, os.path.join(root, "tfds"))
 
     return StageData(files.tokenizer_dir, images.ImageProcessorConfig(size=spec.image_size), source)
 

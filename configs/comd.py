@@ -94,6 +94,9 @@ def _default():
     c.teacher = _offline(256, 6, 128, 3)  # ~4x the student's parameters
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, recipe="fsdp"))
     c.data = _world_data()
+    # Starting weights: a transformers-format directory ("" = random, as the offline world wants),
+    # plus a CLIP directory when init_from is a plain Llama/Vicuna.
+    c.init_from, c.init_vision_from, c.init_required = "", "", False
     # The offline world has no pretrained backbones: stage 0 trains everything on
     # the world's captions to give the student a vision tower and an LLM; then the
     # paper's recipe: stage 1 (projector only), instruction tuning (projector + LLM).
@@ -124,6 +127,9 @@ def _paper():
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, recipe="fsdp"))
     # The user's LLaVA data: set these (or override on the command line).
     c.data = _world_data(kind="llava_json", tokenizer="", image_processor="")
+    # The pretrained student: e.g. init_from=vicuna-7b-v1.5 with init_vision_from=clip-vit-large-patch14-336
+    # (fresh projector), or a LLaVA-1.5-7B directory. Stage 1 freezes both backbones, so it is required.
+    c.init_from, c.init_vision_from, c.init_required = "", "", True
     c.stages = ("stage1", "tune")
     c.stage1 = _stage(learning_rate=1e-3, global_batch=256, trainable=("projector/.*",), template="plain",
                       data="", eval_data="", length_buckets=(2048,), total_steps=2180,  # 558K captions / 256

@@ -15,7 +15,9 @@ import orbax.checkpoint as ocp
 
 class StageCheckpoints:
     def __init__(self, directory: str, *, save_every: int, keep: int = 3, async_save: bool = True):
-        self.directory = os.path.abspath(directory)
+        # gs://bucket/... stays as it is (Orbax writes it through epath/tensorstore); abspath would
+        # turn it into a local folder named 'gs:'.
+        self.directory = directory if "://" in directory else os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=max(save_every, 1), max_to_keep=keep, create=True,
             enable_async_checkpointing=async_save)

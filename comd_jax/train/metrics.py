@@ -2,7 +2,6 @@
 the console, and MFU where the device's peak is known. Only process 0 writes."""
 from __future__ import annotations
 
-import os
 import time
 from typing import Optional
 
@@ -39,7 +38,7 @@ class MetricsLogger:
             from tensorboardX import SummaryWriter
             from tqdm.auto import tqdm
 
-            os.makedirs(logdir, exist_ok=True)
+            # SummaryWriter makes local folders itself and writes gs:// through its GCS writer.
             self.writer = SummaryWriter(logdir)
             self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True,
                             mininterval=1.0)

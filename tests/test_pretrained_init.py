@@ -1,0 +1,66 @@
+"""The student's starting weights (config.init_from) and remote workdirs (gs://)."""
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from flax.traverse_util import flatten_dict
+
+from comd_jax import config as config_lib
+from comd_jax import pretrained, sharding as shd, stages
+
+sys.path.insert(0, "configs")
+import comd  # noqa: E402
+
+
+def _mesh():
+    return shd.make_mesh((1, 1, 1), jax.devices()[:1])
+
+
+def test_paper_preset_without_a_student_names_the_field():
+    config = comd.get_config("paper")
+    with pytest.raises(ValueError, match=r"config\.init_from"):
+        pretrained.student_params(config, config_lib.model_config(config.model), _mesh(), "fsdp")
+    config.unlock()
+    config.init_from = "/nonexistent/vicuna"
+    with pytest.raises(FileNotFoundError, match=r"config\.init_from='/nonexistent/vicuna'"):
+        pretrained.student_params(config, config_lib.model_config(config.model), _mesh(), "fsdp")
+
+
+def test_offline_presets_start_from_random_weights():
+    config = comd.get_config("smoke")
+    assert pretrained.student_params(config, config_lib.model_config(config.model), _mesh(), "fsdp") is None
+
+
+def test_init_from_a_saved_student_loads_it_and_checks_the_architecture(tmp_path):
+    from comd_jax.convert.hf import save_pretrained
+    from comd_jax.models import build
+
+    config = comd.get_config("smoke")
+    cfg = config_lib.model_config(config.model)
+    model = build.build_model(cfg, seed=3)
+    save_pretrained(model, str(tmp_path))
+    config.init_from = str(tmp_path)
+    params = pretrained.student_params(config, cfg, _mesh(), "fsdp")
+    want = flatten_dict(nnx.state(model).to_pure_dict())
+    got = flatten_dict(params)
+    assert set(got) == set(want)
+    for path in want:
+        np.testing.assert_array_equal(np.asarray(got[path]), np.asarray(want[path]), err_msg=str(path))
+    config.model.text.rms_norm_eps = 1e-3  # loads fine shape-wise, but is another model
+    with pytest.raises(ValueError, match=r"model\.text\.rms_norm_eps"):
+        pretrained.student_params(config, config_lib.model_config(config.model), _mesh(), "fsdp")
+
+
+def test_remote_workdirs_stay_remote():
+    from comd_jax.train.checkpoint import StageCheckpoints
+
+    assert stages.world_dir("runs/a") == "runs/a/world"
+    local = stages.world_dir("gs://bucket/runs/a")
+    assert "://" not in local and local.endswith("bucket/runs/a/world")
+    # No manager is built (no GCS here): only the path handling is under test.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("orbax.checkpoint.CheckpointManager", lambda directory, options: directory)
+        ckpt = StageCheckpoints("gs://bucket/runs/a/checkpoints/tune", save_every=1)
+    assert ckpt.directory == ckpt.manager == "gs://bucket/runs/a/checkpoints/tune"
