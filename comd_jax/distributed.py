@@ -84,8 +84,11 @@ def _slurm_plan(env: Mapping[str, str], coordinator: str, port: int) -> Plan:
         coordinator = f"{first_host(nodes)}:{port}"
     per_node = _int(env, "SLURM_STEP_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE", "SLURM_TASKS_PER_NODE")
     local = None
-    if per_node and per_node > 1 and env.get("SLURM_LOCALID", "").strip():
-        local = (int(env["SLURM_LOCALID"]),)  # one task per GPU: task i of a node drives GPU i
+    visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    if per_node and per_node > 1 and env.get("SLURM_LOCALID", "").strip() and len(visible) != 1:
+        # One task per GPU, all GPUs visible: task i of a node drives GPU i. (With
+        # --gpus-per-task=1 SLURM already shows each task only its own GPU.)
+        local = (int(env["SLURM_LOCALID"]),)
     return Plan("explicit", coordinator, tasks, proc, local, source="SLURM")
 
 

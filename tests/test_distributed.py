@@ -31,6 +31,8 @@ def test_slurm_one_task_per_gpu():
     p = dist.plan(env=SLURM_2x4)
     assert (p.kind, p.coordinator_address, p.num_processes, p.process_id) == ("explicit", "gpu007:12355", 8, 5)
     assert p.local_device_ids == (1,)
+    # --gpus-per-task=1: SLURM shows each task one GPU, which JAX then numbers 0.
+    assert dist.plan(env={**SLURM_2x4, "CUDA_VISIBLE_DEVICES": "1"}).local_device_ids is None
 
 
 def test_slurm_one_task_per_node_sees_all_its_gpus():

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Spot runs: keep the job going through preemptions. Every INTERVAL seconds, check the slice;
+# when it was preempted (queued resource no longer ACTIVE), delete it, queue a new one, reinstall
+# and start training again with the same WORKDIR, which resumes from the latest checkpoint.
+# Stops once the run has written WORKDIR/summary.json (the end of launch/train.py).
+# Usage: SPOT=1 WORKDIR=gs://... CONFIG=... launch/tpu/relaunch.sh
+source "$(dirname "$0")/env.sh"
+here="$(dirname "$0")"
+INTERVAL="${INTERVAL:-300}"
+
+if [[ "$SPOT" != "1" ]]; then
+  echo "relaunch.sh is for SPOT=1 runs" >&2
+  exit 2
+fi
+while true; do
+  state="$("${GCLOUD_QR[@]}" describe "$TPU_NAME" --format='value(state.state)' 2>/dev/null || echo MISSING)"
+  case "$state" in
+    ACTIVE)
+      if gcloud storage ls "$WORKDIR/summary.json" >/dev/null 2>&1; then
+        echo "training finished; delete the slice with launch/tpu/delete.sh"
+        exit 0
+      fi ;;
+    ACCEPTED|WAITING_FOR_RESOURCES|PROVISIONING|CREATING) ;;  # still coming up: wait
+    *)  # SUSPENDED (preempted), FAILED, MISSING, ...
+      echo "$(date +%H:%M:%S) slice is $state: recreating"
+      if [[ "$state" != "MISSING" ]]; then "$here/delete.sh"; fi
+      "$here/create.sh" && "$here/install.sh" && "$here/train.sh" || echo "relaunch failed; retrying" ;;
+  esac
+  sleep "$INTERVAL"
+done
