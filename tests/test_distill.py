@@ -45,7 +45,8 @@ def test_llm_judge_swaps_order_and_averages():
                              "Score of Assistant 1: 6\nScore of Assistant 2: 7"])
     verdict = run(judges.LLMJudge(client).judge("Q?", "teacher answer", "student answer"))
     assert (verdict.teacher, verdict.student) == (7.5, 5.0)
-    first, second = client.calls[0][0][1]["content"], client.calls[1][0][1]["content"]
+    text = lambda call: [p for p in call[0][1]["content"] if p["type"] == "text"][0]["text"]
+    first, second = text(client.calls[0]), text(client.calls[1])
     assert first.index("teacher answer") < first.index("student answer")
     assert second.index("student answer") < second.index("teacher answer")
 
@@ -105,7 +106,7 @@ def test_llm_augmentor_filters(tmp_path):
         Choice("#New Instruction#: How many red squares are in the picture?"),
     ])
     aug = augment.LLMAugmentor(client)
-    got = run(aug.propose([seed], 1, {"s0": ["data:image/png;base64,AAAA"]}))
+    got = run(aug.propose([seed], 1, {"s0": [b"\x89PNG fake"]}))
     assert [c.instruction for c in got] == ["<image>\nHow many red squares are in the picture?"]
     assert client.calls[0][0][0]["content"][0]["type"] == "image_url"  # same image sent along
     for text, finish, reason in [("Count.", "stop", "too_short"),

@@ -19,7 +19,8 @@ from typing import Optional, Protocol, Sequence
 import numpy as np
 
 from comd_jax.distill.pool import PoolEntry
-from comd_jax.distill.protocol import ChatClient, user_message
+from comd_jax.distill.protocol import ChatClient
+from comd_jax.serve.client import user_message
 
 CREATOR_TEMPLATE = """I want you to act as an Instruction Creator.
 Your goal is to draw inspiration from the #Given Instruction# to create a brand new instruction.

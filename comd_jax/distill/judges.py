@@ -17,7 +17,8 @@ import re
 import string
 from typing import Callable, Optional, Sequence
 
-from comd_jax.distill.protocol import ChatClient, user_message
+from comd_jax.distill.protocol import ChatClient
+from comd_jax.serve.client import user_message
 
 JUDGE_SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
 

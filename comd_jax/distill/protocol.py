@@ -18,11 +18,3 @@ class ChatClient(Protocol):
                    max_tokens: int = 256, stop: Optional[Sequence[str]] = None,
                    seed: Optional[int] = None) -> list[Choice]:
         ...
-
-
-def user_message(text: str, images: Sequence[str] = ()) -> dict:
-    """An OpenAI-style user message; `images` are data URLs (base64 PNG)."""
-    if not images:
-        return {"role": "user", "content": text}
-    parts = [{"type": "image_url", "image_url": {"url": url}} for url in images]
-    return {"role": "user", "content": parts + [{"type": "text", "text": text}]}

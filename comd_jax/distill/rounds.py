@@ -24,7 +24,7 @@ import numpy as np
 from comd_jax.distill import pool as pool_lib
 from comd_jax.distill.augment import filter_novel
 from comd_jax.distill.judges import Verdict
-from comd_jax.distill.protocol import user_message
+from comd_jax.serve.client import user_message
 from comd_jax.distill.selection import SelectionConfig, select
 
 PHASES = ("tune", "assess", "select", "augment")
@@ -47,9 +47,9 @@ class Components:
     teacher: object  # ChatClient
     judge: object  # .judge(question, teacher, student, images, **kw) -> Verdict
     augmentor: object  # .propose(seeds, round, images) -> candidates
-    answer_student: Callable[[Sequence[pool_lib.PoolEntry]], list]
-    tune: Callable[[int, str], None]
-    images_of: Callable[[pool_lib.PoolEntry], list] = lambda entry: []  # data URLs for the endpoints
+    answer_student: Callable[[int, Sequence[pool_lib.PoolEntry]], list]  # (round, entries) -> texts
+    tune: Callable[[int, str], None]  # (round, LLaVA JSON of the train pool)
+    images_of: Callable[[pool_lib.PoolEntry], list] = lambda entry: []  # PNG bytes for the endpoints
 
 
 class Loop:
@@ -111,7 +111,7 @@ class Loop:
         todo = [e for e in self.train_pool() if e.id not in done]
         for start in range(0, len(todo), 64):
             chunk = todo[start:start + 64]
-            answers = self.parts.answer_student(chunk)
+            answers = self.parts.answer_student(r, chunk)
             verdicts = asyncio.run(self._judge(chunk, answers))
             with open(out, "a") as f:
                 for entry, answer, verdict in zip(chunk, answers, verdicts):
