@@ -1,0 +1,181 @@
+"""Our train step vs transformers' PyTorch LLaVA train step, same tiny model, same batch, CPU.
+
+    python -m comd_jax.bench.train_step [--rounds=5 --steps=3 --hidden=512 ...]
+
+Prints tokens/s of each, our model-FLOP throughput as a share of the machine's
+float32 matmul peak (measured in the same run), and — last — the ratio
+ours/torch. Both sides: float32, AdamW + global-norm clipping, the vision tower
+frozen, projector and LLM trained; the torch model is loaded from our own
+`save_pretrained` output so the first losses must agree.
+
+Timing: the two steps alternate in rounds and the best round counts (see
+timing.py). On a machine shared with other work, wall time mostly measures the
+neighbours; the CPU-time figures (process CPU seconds per step, and the peak
+as FLOP per CPU-second) are printed alongside as the contention-robust view.
+Our layers are unrolled by default (`--scan` to compare): faster on CPU at this
+depth.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tempfile
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+    """A tiny LLaVA where matmuls dominate (hidden 512, 4 layers, seq 256, one image per sample)."""
+
+    hidden: int = 512
+    intermediate: int = 1536
+    layers: int = 4
+    heads: int = 8
+    kv_heads: int = 8
+    vocab: int = 8192
+    vision_hidden: int = 256
+    vision_layers: int = 3  # feature layer -2: two run
+    image_size: int = 112
+    patch: int = 14
+    images: int = 1  # per sample
+    batch: int = 4
+    seq_len: int = 256
+
+
+def model_config(size: Size, **overrides):
+    from comd_jax.models.config import DecoderConfig, VisionConfig, VLMConfig
+
+    text = DecoderConfig(vocab_size=size.vocab, hidden_size=size.hidden, intermediate_size=size.intermediate,
+                         num_layers=size.layers, num_heads=size.heads, num_kv_heads=size.kv_heads,
+                         max_position_embeddings=max(size.seq_len, 512))
+    vision = VisionConfig(hidden_size=size.vision_hidden, intermediate_size=4 * size.vision_hidden,
+                          num_layers=size.vision_layers, num_heads=max(size.vision_hidden // 64, 1),
+                          image_size=size.image_size, patch_size=size.patch)
+    return VLMConfig(text=text, vision=vision, projector="mlp2x_gelu", image_token_id=size.vocab - 1,
+                     **overrides)
+
+
+def make_batch(size: Size, cfg, seed: int = 0) -> dict:
+    """Each row: BOS, its images' placeholder tokens, a prompt, then an answer that
+    carries the loss; a quarter of the rows end in right padding."""
+    rng = np.random.default_rng(seed)
+    b, t = size.batch, size.seq_len
+    ids = rng.integers(2, size.vocab - 1, (b, t)).astype(np.int32)
+    ids[:, 0] = 1
+    n_img = size.images * cfg.num_image_tokens
+    ids[:, 1:1 + n_img] = cfg.image_token_id
+    mask = np.ones((b, t), np.int32)
+    mask[::4, -t // 8:] = 0
+    answer_start = 1 + n_img + (t - n_img) // 4
+    loss = ((np.arange(t) >= answer_start)[None] & (mask == 1)).astype(np.float32)
+    px = rng.normal(size=(b, size.images, size.image_size, size.image_size, 3)).astype(np.float32)
+    return {"input_ids": ids, "attention_mask": mask, "loss_mask": loss, "pixel_values": px}
+
+
+def build_ours(cfg, batch: dict, seed: int = 0):
+    """(run one step and block → loss, holder of the train state, setup, compiled step)."""
+    import jax
+
+    from comd_jax import sharding as shd
+    from comd_jax.train.optim import OptimConfig
+    from comd_jax.train.state import create_setup, init_state
+    from comd_jax.train.step import batch_shardings, build_train_step
+
+    mesh = shd.make_mesh((1, 1, 1), jax.devices()[:1])
+    optim = OptimConfig(learning_rate=1e-4, warmup_ratio=0.0, schedule="constant", total_steps=10 ** 6)
+    setup = create_setup(cfg, optim, mesh, "fsdp")
+    holder = {"state": init_state(setup, seed)}
+    device_batch = jax.device_put(batch, batch_shardings(setup))
+    step = build_train_step(setup, 1)
+    rng = jax.random.key(0)
+    compiled = step.lower(holder["state"], device_batch, rng).compile()
+
+    def run() -> float:
+        holder["state"], metrics = compiled(holder["state"], device_batch, rng)
+        jax.block_until_ready(holder["state"])
+        return float(metrics["loss"])
+
+    return run, holder, setup, compiled
+
+
+def build_torch(setup, params, batch: dict, threads: int):
+    import torch
+
+    from comd_jax.bench import torch_llava
+    from comd_jax.convert.hf import save_pretrained
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_pretrained(setup.model(params), tmp)
+        model = torch_llava.load_model(tmp)
+    step = torch_llava.make_step(model, lr=1e-4)
+    inputs = torch_llava.to_torch_batch(batch)
+    return lambda: step(inputs)
+
+
+def run(size: Size = Size(), rounds: int = 5, steps: int = 3, peak_n: int = 2048, **model_overrides) -> dict:
+    """Measure both steps; returns the numbers `main` prints (used by tests at tiny sizes)."""
+    import jax
+
+    from comd_jax.bench import flops, timing
+
+    load_before = os.getloadavg()[0]
+    cfg = model_config(size, **model_overrides)
+    batch = make_batch(size, cfg)
+    ours, holder, setup, compiled = build_ours(cfg, batch)
+    theirs = build_torch(setup, holder["state"].params, batch, threads=os.cpu_count() or 1)
+    first = {"ours": ours(), "torch": theirs()}  # warm-up; same weights, so the losses agree
+    times = timing.interleaved_rounds({"ours": ours, "torch": theirs}, rounds, steps)
+    peak = timing.matmul_peak_flops(peak_n)
+    model_flops = flops.train_step_flops(cfg, size.batch, size.seq_len, size.images)["total"]
+    tokens = size.batch * size.seq_len
+    out = {"first_loss": first, "peak": peak, "model_flops": model_flops, "tokens": tokens,
+           "times": times, "unroll_layers": cfg.unroll_layers, "jax": jax.__version__,
+           "load": (load_before, os.getloadavg()[0])}
+    for name in ("ours", "torch"):
+        t = times[name]
+        out[f"{name}_tokens_per_s"] = tokens / t["best"]
+        out[f"{name}_peak_share"] = model_flops / t["best"] / peak["wall"]
+        out[f"{name}_cpu_peak_share"] = model_flops / t["cpu_best"] / peak["cpu"]
+    out["cpu_ratio"] = times["torch"]["cpu_best"] / times["ours"]["cpu_best"]
+    out["ratio"] = out["ours_tokens_per_s"] / out["torch_tokens_per_s"]
+    return out
+
+
+def report(r: dict) -> None:
+    print(f"layers          {'unrolled' if r['unroll_layers'] else 'scanned'}; jax {r['jax']}; "
+          f"load average {r['load'][0]:.1f} before, {r['load'][1]:.1f} after")
+    print(f"first loss      ours {r['first_loss']['ours']:.5f}   torch {r['first_loss']['torch']:.5f}")
+    print(f"matmul peak     {r['peak']['wall'] / 1e9:.1f} GFLOP/s wall, {r['peak']['cpu'] / 1e9:.1f} GFLOP per "
+          f"CPU-second (float32, XLA)")
+    print(f"model FLOPs     {r['model_flops'] / 1e9:.2f} GFLOP/step, {r['tokens']} tokens/step")
+    for name in ("ours", "torch"):
+        t = r["times"][name]
+        print(f"{name:6s} step    best {t['best'] * 1e3:7.1f} ms  median {t['median'] * 1e3:7.1f} ms  "
+              f"cpu {t['cpu_best'] * 1e3:7.1f} ms   {r[f'{name}_tokens_per_s']:7.0f} tokens/s   "
+              f"{100 * r[f'{name}_peak_share']:5.1f}% of matmul peak (cpu-time basis "
+              f"{100 * r[f'{name}_cpu_peak_share']:5.1f}%)")
+    print(f"ratio on CPU time (torch/ours): {r['cpu_ratio']:.3f}")
+    print(f"ratio (ours/torch tokens/s): {r['ratio']:.3f}")
+
+
+def main(argv=None) -> None:
+    from comd_jax import cpu_env
+
+    cpu_env.reexec_if_needed()  # huge-page malloc for both sides; see comd_jax/cpu_env.py
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=3, help="steps per round")
+    parser.add_argument("--scan", action="store_true", help="scan the layers instead of unrolling them")
+    for field in dataclasses.fields(Size):
+        parser.add_argument(f"--{field.name}", type=int, default=field.default)
+    args = parser.parse_args(argv)
+    size = Size(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Size)})
+    print(f"size: {size}")
+    report(run(size, args.rounds, args.steps, unroll_layers=not args.scan))
+
+
+if __name__ == "__main__":
+    main()
