@@ -1,0 +1,58 @@
+"""Each benchmark's core runs at a trivial size, so CI catches breakage.
+
+No timing is asserted anywhere: the numbers belong in BENCHMARKS.md.
+"""
+import numpy as np
+import pytest
+
+from tests._multidevice import run_with_devices
+
+pytest.importorskip("torch")
+
+
+def test_train_step_bench_runs_and_both_sides_agree():
+    from comd_jax.bench import train_step
+
+    size = train_step.Size(hidden=32, intermediate=64, layers=1, heads=2, kv_heads=1, vocab=64,
+                           vision_hidden=32, vision_layers=2, image_size=28, patch=14, images=1,
+                           batch=2, seq_len=16)
+    r = train_step.run(size, rounds=1, steps=1, peak_n=64)
+    # Same weights, same batch: the first losses of the two steps must agree.
+    np.testing.assert_allclose(r["first_loss"]["ours"], r["first_loss"]["torch"], rtol=1e-4)
+    assert r["tokens"] == 32 and r["model_flops"] > 0 and r["ratio"] > 0
+
+
+def test_flops_count_the_frozen_tower_forward_only():
+    from comd_jax.bench import flops, train_step
+
+    cfg = train_step.model_config(train_step.Size(hidden=64, intermediate=128, layers=2, vocab=128,
+                                                  vision_hidden=32, image_size=28))
+    f = flops.train_step_flops(cfg, batch=2, seq_len=16, images_per_sample=1)
+    assert f["total"] == f["text"] + f["projector"] + f["vision"]
+    # The text part alone is at least 6 x tokens x matmul weights.
+    assert f["text"] >= 6 * 32 * flops.decoder_matmul_params(cfg)
+
+
+def test_compile_check_smoke_on_two_devices():
+    result = run_with_devices("""
+        from comd_jax.bench import compile_check, topologies
+        config = compile_check.load_config("configs/comd.py:smoke")
+        two = topologies.Topology("test-2", 2, 16, "fsdp", "two simulated devices")
+        r = compile_check.check(config, two, "fsdp", global_batch=2)
+        result = {k: r[k] for k in ("state", "arguments", "temporaries", "peak", "fits", "mesh")}
+    """, devices=2)
+    assert result["mesh"] == {"data": 1, "fsdp": 2, "tensor": 1}
+    assert 0 < result["state"] <= result["arguments"] and result["temporaries"] > 0
+    assert result["fits"]
+
+
+def test_load_memory_tiny_checkpoint(tmp_path):
+    from comd_jax.bench import load_memory
+
+    tiny = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2)
+    r = load_memory.run(str(tmp_path), tiny, files=2)
+    assert r["model_bytes"] == sum(int(np.prod(s)) * 4 for _, s in load_memory.tensor_shapes(tiny))
+    assert len(list(tmp_path.glob("*.safetensors"))) == 2
+    for which in ("ours", "transformers"):
+        assert r[which]["peak"] >= r[which]["baseline"] > 0
