@@ -35,6 +35,7 @@ TEST_REQUIRES = [
     "torch==2.13.0",
     # The official client talks to our server in tests/test_serve.py.
     "openai>=1.30",
+    "nbformat>=5",  # reads launch/colab_tpu_demo.ipynb to run its cells on CPU (test_colab_notebook.py)
 ]
 
 setup(
