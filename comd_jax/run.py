@@ -81,6 +81,15 @@ def train_stages(config, workdir: str, model_cfg, stage_names, data, tokenizer, 
 
 
 def run(config, workdir: str) -> dict:
+    """The training stages; then, when the config has distillation rounds, the CoMD loop."""
+    if "distill" in config and config.distill.rounds > 0:
+        from comd_jax.distill.driver import run_comd
+
+        return run_comd(config, workdir)
+    return run_stages(config, workdir)
+
+
+def run_stages(config, workdir: str) -> dict:
     from transformers import AutoTokenizer
 
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # a local folder or gs://bucket/run

@@ -64,6 +64,23 @@ def _world_data(**kw):
     return ml_collections.ConfigDict(base)
 
 
+def _distill(**kw):
+    base = dict(
+        rounds=4,  # 0: only the training stages (no teacher, no rounds)
+        pool_size=256,  # initial train/assessment pool: the first N world instructions
+        judge="reference",  # reference (ground truth) | llm (pairwise judge through the endpoint)
+        augmentor="procedural",  # procedural (new world scenes) | llm (the teacher as instruction creator)
+        threshold=1.0, easy_keep=0.1, student_margin=1.0,  # difficult selection
+        competitive=True,  # a student answer the assessor prefers becomes the target
+        teacher_floor=0.0,  # 0: off; else teacher answers scored below it leave training
+        per_seed=2, max_new_per_round=128, answer_max_tokens=32, concurrency=8, gen_batch=16,
+        teacher_url="",  # empty: start our server on the cached teacher; else any OpenAI-compatible URL
+        teacher_model="comd-teacher", teacher_api_key="",
+        eval_limit=270)  # held-out examples scored per round (30 per skill)
+    base.update(kw)
+    return ml_collections.ConfigDict(base)
+
+
 def _caption_stage(**kw):
     return _stage(template="plain", data="captions", eval_data="heldout_captions", length_buckets=(96,),
                   **kw)
@@ -104,6 +121,13 @@ def _default():
     c.stage0 = _caption_stage(learning_rate=1e-3, trainable=(".*",), global_batch=16, total_steps=150)
     c.stage1 = _caption_stage(learning_rate=1e-3, trainable=("projector/.*",), global_batch=16, total_steps=50)
     c.tune = _stage(learning_rate=5e-4, global_batch=16, total_steps=200)
+    # The tiny teacher: trained once on the world (same stages, all parts), cached in the workdir.
+    c.teacher_stages = ("teacher_pretrain", "teacher_tune")
+    c.teacher_pretrain = _caption_stage(learning_rate=1e-3, trainable=(".*",), global_batch=16, total_steps=150)
+    c.teacher_tune = _stage(learning_rate=5e-4, trainable=(".*",), global_batch=16, total_steps=300)
+    # Each round's instruction tuning of the student on the train pool.
+    c.round_tune = _stage(learning_rate=3e-4, global_batch=16, total_steps=60, data="", eval_data="")
+    c.distill = _distill()
     return c
 
 
@@ -112,8 +136,12 @@ def _smoke():
     c.model = _offline(64, 2, 32, 1)
     c.teacher = _offline(128, 2, 64, 1)
     c.data.update(dict(num_captions=64, num_instructions=64, num_heldout=16))
-    for name, steps in (("stage0", 4), ("stage1", 2), ("tune", 4)):
+    # The teacher gets enough steps to answer in words (an untrained one emits only specials).
+    for name, steps in (("stage0", 4), ("stage1", 2), ("tune", 4), ("teacher_pretrain", 4), ("teacher_tune", 40),
+                        ("round_tune", 2)):
         c[name].update(dict(total_steps=steps, global_batch=4, log_every=2, save_every=2, eval_batches=2))
+    c.distill.update(dict(rounds=1, pool_size=12, per_seed=1, max_new_per_round=8, answer_max_tokens=8,
+                          gen_batch=4, eval_limit=18))
     return c
 
 

@@ -82,6 +82,7 @@ class InputPipeline:
         self.process_count = jax.process_count() if process_count is None else process_count
         self.pad_id = processor.pad_id
         self.skip_log = errors.SkipLog()
+        self._skipped_in_a_row = 0
         self._num_examples = len(source)
         self._shape = batching.BatchShape(
             config.batch_size,
@@ -120,11 +121,19 @@ class InputPipeline:
 
     def _keep(self, item: Example | errors.Skipped) -> bool:
         if isinstance(item, Example):
+            self._skipped_in_a_row = 0
             return True
         if self.config.strict:
             raise errors.DataError(item.describe())
         if self.skip_log.record(item):
             logging.warning("skipping %s", item.describe())
+        # A whole pass over this host's share without one usable sample would otherwise
+        # spin forever (repeating datasets) or train on nothing: stop and say why.
+        self._skipped_in_a_row += 1
+        if self._skipped_in_a_row >= max(self._num_examples // self.process_count, 1):
+            raise errors.DataError(
+                f"every sample was skipped in a full pass over {self._num_examples} examples; "
+                f"{self.skip_log.summary()}")
         return False
 
     def __iter__(self) -> "InputPipeline":

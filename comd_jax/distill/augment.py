@@ -135,10 +135,11 @@ class ProceduralAugmentor:
     of (seed, round) and a resumed round proposes the same candidates."""
 
     spec: object  # comd_jax.data.synthetic.world.WorldSpec
-    image_dir: str
+    image_root: str  # the pool's image folder; new images go to image_root/subdir
     per_seed: int = 1
     seed: int = 0
     name: str = "procedural"
+    subdir: str = "aug"
 
     async def propose(self, seeds: Sequence[PoolEntry], round_index: int, images: dict) -> list:
         import os
@@ -146,7 +147,7 @@ class ProceduralAugmentor:
         from comd_jax.data.synthetic import world
 
         rng = np.random.default_rng([self.seed, round_index, 0xA06])
-        os.makedirs(self.image_dir, exist_ok=True)
+        os.makedirs(os.path.join(self.image_root, self.subdir), exist_ok=True)
         out = []
         for seed_entry in seeds:
             if seed_entry.skill not in world.SKILLS:
@@ -155,8 +156,8 @@ class ProceduralAugmentor:
             for _ in range(self.per_seed):
                 index = int(rng.integers(0, 2**31 - 1))
                 example = world.generate_example(spec, world.AUGMENT, index)
-                name = f"aug_r{round_index}_{seed_entry.skill}_{index}.png"
-                with open(os.path.join(self.image_dir, name), "wb") as f:
+                name = f"{self.subdir}/r{round_index}_{seed_entry.skill}_{index}.png"
+                with open(os.path.join(self.image_root, name), "wb") as f:
                     f.write(example.png)
                 turns = example.conversations
                 # Multi-turn examples contribute their first turn; its short answer leads `answer`.

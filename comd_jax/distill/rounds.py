@@ -98,11 +98,14 @@ class Loop:
         return state
 
     def _tune(self, r: int) -> dict:
-        entries = [e for e in self.train_pool() if not e.provenance.get("excluded")]
+        entries = [e for e in self.train_pool() if not e.provenance.get("excluded") and e.target.strip()]
+        if not entries:
+            raise RuntimeError(f"{self.path('train_pool.jsonl')}: no entry has a usable target "
+                               "(all excluded or empty answers); nothing to train on")
         train_json = self.path("train.json", r)
         pool_lib.write_llava(train_json, entries)
         self.parts.tune(r, train_json)
-        return {"train_pool": len(entries)}
+        return {"train_pool": len(entries), "empty_targets": sum(not e.target.strip() for e in self.train_pool())}
 
     def _assess(self, r: int) -> dict:
         """Student answers (batched, in-process) and verdicts, appended per item."""

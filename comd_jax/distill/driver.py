@@ -1,0 +1,234 @@
+"""The whole CoMD run: `comd_jax.distill.driver.run_comd(config, workdir)`.
+
+  world → teacher (trained once, cached) → student warm-up stages → teacher
+  server (own process) → initial pool answered by the teacher → R rounds of
+  tune → assess → select → augment, with the student and the teacher evaluated
+  on the held-out split after every round → WORKDIR/report/.
+
+Each piece resumes from its own files: trainer checkpoints per stage and per
+round, the loop's state and per-item JSONL, and the per-round evaluations.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import jax
+
+from comd_jax import config as config_lib
+from comd_jax import sharding as shd
+from comd_jax import stages as stages_lib
+from comd_jax.distill import pool as pool_lib
+from comd_jax.distill.augment import LLMAugmentor, ProceduralAugmentor
+from comd_jax.distill.judges import LLMJudge, ReferenceJudge
+from comd_jax.distill.protocol import Choice
+from comd_jax.distill.rounds import Components, DistillConfig, Loop
+from comd_jax.distill.selection import SelectionConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class ChoiceClient:
+    """Adapts the serve client (texts) to the loop's protocol (choices)."""
+
+    def __init__(self, client):
+        self.client = client
+
+    async def chat(self, messages, **params):
+        return [Choice(text) for text in await self.client.chat(messages, **params)]
+
+
+def distill_config(config) -> DistillConfig:
+    d = config.distill
+    return DistillConfig(
+        rounds=d.rounds, competitive=d.competitive, teacher_floor=d.teacher_floor or None,
+        max_new_per_round=d.max_new_per_round, answer_max_tokens=d.answer_max_tokens,
+        concurrency=d.concurrency, seed=config.seed,
+        selection=SelectionConfig(threshold=d.threshold, easy_keep=d.easy_keep, student_margin=d.student_margin))
+
+
+# Skills whose answers are checked as lettered choices, exact words, or overlap.
+REFERENCE_METRIC = {"multiple_choice": "letter", "counting": "exact", "existence": "exact", "colour": "exact",
+                    "shape": "exact", "comparison": "exact", "spatial_relation": "exact"}
+
+
+def _judge(config, client):
+    table = {
+        "reference": lambda: ReferenceJudge(metric_for=lambda skill: REFERENCE_METRIC.get(skill, "f1")),
+        "llm": lambda: LLMJudge(ChoiceClient(client)),
+    }
+    return table[config.distill.judge]()
+
+
+def _augmentor(config, client, spec, image_dir):
+    table = {
+        "procedural": lambda: ProceduralAugmentor(spec, image_dir, per_seed=config.distill.per_seed,
+                                                  seed=config.seed),
+        "llm": lambda: LLMAugmentor(ChoiceClient(client), per_seed=config.distill.per_seed),
+    }
+    return table[config.distill.augmentor]()
+
+
+def initial_pool(config, llava_json: str, answers: list) -> list:
+    with open(llava_json) as f:
+        samples = json.load(f)[: config.distill.pool_size]
+    return [pool_lib.PoolEntry(
+        id=s["id"], instruction=s["conversations"][0]["value"], target=answer.strip(), image=s.get("image"),
+        skill=s.get("skill"), reference=(s.get("answer") or "").split(" | ")[0] or None,
+        provenance={"round": -1, "answered_by": "teacher"}) for s, answer in zip(samples, answers)]
+
+
+def _snapshot(config, workdir: str) -> str:
+    path = os.path.join(workdir, "config.json")
+    if jax.process_index() == 0:
+        with open(path, "w") as f:
+            f.write(config.to_json(indent=2))
+    return f"{os.path.join(REPO, 'configs', 'snapshot.py')}:{path}"
+
+
+def run_comd(config, workdir: str) -> dict:
+    from transformers import AutoTokenizer
+
+    from comd_jax.eval.answerer import GreedyAnswerer, ask
+    from comd_jax.eval.loading import world_spec
+    from comd_jax.eval.report import write_round_report
+    from comd_jax.eval.synthetic import evaluate_world
+    from comd_jax.models import build
+    from comd_jax.data import pipeline
+    from comd_jax.data.llava_json import LlavaJsonSource
+    from comd_jax.run import check_tokenizer, params_fingerprint, stage_config, train_stages
+    from comd_jax.serve.client import ChatClient, ClientConfig, ServerProcess, user_message
+    from comd_jax.serve.loading import restore_params
+    from comd_jax.train.trainer import train_stage
+
+    os.makedirs(workdir, exist_ok=True)
+    student_cfg, teacher_cfg = config_lib.model_config(config.model), config_lib.model_config(config.teacher)
+    mesh_cfg = config_lib.mesh_config(config.mesh)
+    mesh = shd.make_mesh(mesh_cfg.shape(jax.device_count()))
+    recipe, rules = mesh_cfg.recipe, shd.rules_for(mesh_cfg.recipe)
+    data = stages_lib.stage_data(config, workdir)
+    spec = world_spec(config)
+    if spec is None:
+        raise ValueError("run_comd's default loop needs config.data.kind='world' (the offline world)")
+    tokenizer = AutoTokenizer.from_pretrained(data.tokenizer_dir)
+    check_tokenizer(tokenizer, student_cfg)
+    check_tokenizer(tokenizer, teacher_cfg, "teacher")
+    llava_dir = os.path.join(stages_lib.world_dir(workdir), "llava")
+
+    print("== teacher (trained once, cached in the workdir) ==", flush=True)
+    teacher_params, teacher_summary = train_stages(config, workdir, teacher_cfg, config.teacher_stages, data,
+                                                   tokenizer, mesh, recipe)
+    teacher_ckpt = os.path.join(workdir, "checkpoints", config.teacher_stages[-1])
+    print("== student warm-up ==", flush=True)
+    student_params, student_summary = train_stages(config, workdir, student_cfg, config.stages, data, tokenizer,
+                                                   mesh, recipe)
+
+    def answerer(model_cfg, params):
+        graphdef, abstract = build.abstract_model(model_cfg, rules)
+        return GreedyAnswerer(build.merge(graphdef, abstract, params), tokenizer, data.image_processor,
+                              max_new_tokens=config.distill.answer_max_tokens, batch_size=config.distill.gen_batch)
+
+    teacher_answerer = answerer(teacher_cfg, teacher_params)
+    state = {"params": student_params, "round": None}
+    tune_section = config.round_tune
+
+    def student_params_for(r: int):
+        """The student after round r's tuning (restored from its checkpoint on resume)."""
+        if state["round"] != r:
+            state["params"] = restore_params(os.path.join(workdir, "checkpoints", f"round{r}_tune"), student_cfg,
+                                             mesh, recipe)
+            state["round"] = r
+        return state["params"]
+
+    def tune(r: int, train_json: str):
+        section = tune_section
+        stage = stage_config(f"round{r}_tune", section)
+        cfg = pipeline.PipelineConfig(batch_size=section.global_batch // jax.process_count(),
+                                      length_buckets=tuple(section.length_buckets), max_images=section.max_images,
+                                      seed=config.seed + r, strict=section.strict_data)
+        pipe = pipeline.make_pipeline(LlavaJsonSource(train_json, llava_dir), template=section.template,
+                                      tokenizer=tokenizer, image_config=data.image_processor,
+                                      num_image_tokens=student_cfg.num_image_tokens, config=cfg)
+        init = student_params_for(r - 1) if r > 0 else student_params
+        with pipe:
+            result, _ = train_stage(stage, student_cfg, mesh, recipe, config.seed, workdir, pipe,
+                                    init_params=init)
+        state.update(params=result.params, round=r)
+
+    def image_bytes(entry):
+        if entry.image is None:
+            return []
+        with open(os.path.join(llava_dir, entry.image), "rb") as f:
+            return [f.read()]
+
+    def answer_student(r: int, entries):
+        model = answerer(student_cfg, student_params_for(r))
+        return model.answer([ask(e.instruction, os.path.join(llava_dir, e.image) if e.image else None)
+                             for e in entries])
+
+    with _teacher_endpoint(config, workdir, teacher_ckpt, ServerProcess) as base_url:
+        client = ChatClient(ClientConfig(base_url=base_url, model=config.distill.teacher_model,
+                                         api_key=config.distill.teacher_api_key or None,
+                                         max_concurrency=config.distill.concurrency))
+        loop = Loop(distill_config(config), workdir, Components(
+            teacher=ChoiceClient(client), judge=_judge(config, client),
+            augmentor=_augmentor(config, client, spec, llava_dir),
+            answer_student=answer_student, tune=tune, images_of=image_bytes))
+        if not os.path.exists(loop.path("train_pool.jsonl")):
+            with open(os.path.join(llava_dir, "instructions.json")) as f:
+                samples = json.load(f)[: config.distill.pool_size]
+            print(f"== the teacher answers the initial pool ({len(samples)}) ==", flush=True)
+            replies = client.chat_many_sync([
+                ([user_message(s["conversations"][0]["value"].replace("<image>", "").strip(),
+                               image_bytes(pool_lib.PoolEntry("", "", "", image=s.get("image"))))],
+                 {"temperature": 0.0, "max_tokens": config.distill.answer_max_tokens}) for s in samples])
+            loop.seed_pool(initial_pool(config, os.path.join(llava_dir, "instructions.json"),
+                                        [r[0] for r in replies]))
+        print("== competitive distillation rounds ==", flush=True)
+        loop_state = loop.run()
+
+    print("== evaluation after every round ==", flush=True)
+    results, by_round = [], {}
+    teacher_eval = evaluate_world({"teacher": teacher_answerer}, spec, limit=config.distill.eval_limit)
+    for r in range(config.distill.rounds):
+        student_eval = evaluate_world({"student": answerer(student_cfg, student_params_for(r))}, spec,
+                                      limit=config.distill.eval_limit)
+        models = {**teacher_eval["models"], **student_eval["models"]}
+        history = [h for h in loop_state["history"] if h["round"] == r]
+        entry = {"round": r,
+                 "student": models["student"]["scores"], "teacher": models["teacher"]["scores"],
+                 "pool_size": next((h.get("train_pool") for h in history if h["phase"] == "tune"), None),
+                 "hard": next((h.get("hard") for h in history if h["phase"] == "select"), None),
+                 "student_wins": next((h.get("student_wins") for h in history if h["phase"] == "select"), None),
+                 "added": next((h.get("added") for h in history if h["phase"] == "augment"), None),
+                 "student_params_sha256": params_fingerprint(student_params_for(r))}
+        results.append(entry)
+        by_round[f"round {r}"] = {"student": entry["student"], "teacher": entry["teacher"]}
+    report_dir = os.path.join(workdir, "report")
+    if jax.process_index() == 0:
+        write_round_report(by_round, report_dir, title="CoMD on the offline world: held-out scores by round")
+        with open(os.path.join(report_dir, "results.json"), "w") as f:
+            json.dump({"rounds": results, "teacher_stages": teacher_summary, "student_stages": student_summary},
+                      f, indent=2)
+    return {"rounds": results}
+
+
+class _teacher_endpoint:
+    """Our server as a child process (config.distill.teacher_url empty), else the given URL."""
+
+    def __init__(self, config, workdir, checkpoint, server_cls):
+        self.url = config.distill.teacher_url
+        self.server = None if self.url else server_cls(_snapshot(config, workdir), workdir=workdir,
+                                                       checkpoint=checkpoint,
+                                                       model_name=config.distill.teacher_model)
+
+    def __enter__(self) -> str:
+        if self.server is None:
+            return self.url
+        self.server.start()
+        return self.server.base_url
+
+    def __exit__(self, *exc):
+        if self.server is not None:
+            self.server.stop()
