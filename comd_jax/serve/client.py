@@ -119,6 +119,15 @@ class ChatClient:
         return asyncio.run(self.chat(messages, **params))
 
 
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM it when the parent dies, so a killed
+    launcher (e.g. SIGKILL mid-run) leaves no orphaned server holding a port."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -150,7 +159,8 @@ class ServerProcess:
 
     def start(self) -> "ServerProcess":
         self.log = tempfile.NamedTemporaryFile("w+", prefix="serve_teacher_", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
+        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT, env=self.env,
+                                     preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         self.wait_healthy()
         return self
 
