@@ -133,7 +133,7 @@ class InputPipeline:
         if self._skipped_in_a_row >= max(self._num_examples // self.process_count, 1):
             raise errors.DataError(
                 f"every sample was skipped in a full pass over {self._num_examples} examples; "
-                f"{self.skip_log.summary()}")
+                f"by reason: {dict(self.skip_log.counts)}")
         return False
 
     def __iter__(self) -> "InputPipeline":

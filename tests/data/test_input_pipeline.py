@@ -210,3 +210,13 @@ def test_tfds_source_feeds_the_same_pipeline(tiny_world_spec, tiny_world_tfds, t
     assert (batch["input_ids"] == tokenizer.convert_tokens_to_ids("<image>")).sum(1).tolist() == [
         16
     ] * 8
+
+
+def test_a_pass_with_no_usable_sample_stops_with_the_reasons():
+    # Every sample lacks an assistant turn: a repeating pipeline must not spin forever
+    # (nor train on nothing); it stops after one pass and names the reason.
+    from comd_jax.data import errors
+
+    with build(ListSource(n=12, bad=range(12))) as pipe:
+        with pytest.raises(errors.DataError, match=r"every sample was skipped.*by reason: \{'\w+': 12\}"):
+            next(pipe)
