@@ -12,7 +12,7 @@ import pytest
 
 from tests._multidevice import REPO, run_with_devices
 
-SMOKE_TUNE = ["--config.stages=('tune',)", "--config.tune.total_steps=8", "--config.tune.save_every=1",
+SMOKE_TUNE = ["--config.stages=('tune',)", "--config.distill.rounds=0", "--config.tune.total_steps=8", "--config.tune.save_every=1",
               "--config.tune.log_every=1", "--config.tune.eval_batches=1", "--config.tune.keep_checkpoints=2"]
 
 
