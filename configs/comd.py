@@ -72,6 +72,7 @@ def _distill(**kw):
         augmentor="procedural",  # procedural (new world scenes) | llm (the teacher as instruction creator)
         threshold=1.0, easy_keep=0.1, student_margin=1.0,  # difficult selection
         competitive=True,  # a student answer the assessor prefers becomes the target
+        seed_policy="hard",  # hard: CoMD; random: plain distillation (same calls and steps)
         teacher_floor=0.0,  # 0: off; else teacher answers scored below it leave training
         per_seed=2, max_new_per_round=128, answer_max_tokens=32, concurrency=8, gen_batch=16,
         teacher_url="",  # empty: start our server on the cached teacher; else any OpenAI-compatible URL
@@ -168,6 +169,11 @@ def _paper():
 
 
 def _ablation():
+    """CoMD vs plain distillation on the default world, several seeds:
+    `python -m comd_jax.distill.ablation --config=configs/comd.py:ablation --workdir=DIR`."""
     c = _default()
-    c.compare = ("comd", "plain")
+    c.ablation = ml_collections.ConfigDict(dict(
+        seeds=(0, 1, 2),
+        # variant name -> config overrides; plain: no assessment-driven augmentation, no competitive targets
+        variants=dict(comd=dict(), plain={"distill.seed_policy": "random", "distill.competitive": False})))
     return c

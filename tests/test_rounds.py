@@ -57,12 +57,13 @@ def initial_pool():
     return out
 
 
-def make_loop(workdir, teacher, student, tuned):
+def make_loop(workdir, teacher, student, tuned, **distill):
     parts = rounds.Components(
         teacher=teacher, judge=ReferenceJudge(metric_for=lambda skill: "f1"),
         augmentor=ProceduralAugmentor(world.WorldSpec(seed=9), os.path.join(workdir, "images"), seed=1),
         answer_student=student, tune=lambda r, path: tuned.append((r, len(json.load(open(path))))))
-    cfg = rounds.DistillConfig(rounds=2, selection=SelectionConfig(threshold=1.0, easy_keep=0.25), seed=3)
+    cfg = rounds.DistillConfig(rounds=2, selection=SelectionConfig(threshold=1.0, easy_keep=0.25), seed=3,
+                               **distill)
     loop = rounds.Loop(cfg, str(workdir), parts)
     loop.seed_pool(initial_pool())
     return loop
@@ -110,3 +111,15 @@ def test_crash_and_resume_gives_the_same_pool(uninterrupted, tmp_path, where):
     assert resumed["round"] == 2
     assert final_pool(tmp_path) == final_pool(reference_dir)
     assert tuned[-1] == reference_tuned[-1]
+
+
+def test_plain_distillation_spends_the_same_seeds_at_random(uninterrupted, tmp_path):
+    _, comd_state, _ = uninterrupted
+    plain = make_loop(tmp_path, Teacher(), student_answers(), [], seed_policy="random", competitive=False).run()
+    seeds = lambda state: [h["seeds"] for h in state["history"] if h["phase"] == "augment"]
+    assert seeds(plain) == seeds(comd_state)  # the same number of teacher calls per round
+    entries = pool.load(os.path.join(tmp_path, "distill", "train_pool.jsonl"))
+    assert not [e for e in entries if e.provenance.get("answered_by") == "student"]
+    selection = json.load(open(tmp_path / "distill" / "round0_selection.json"))
+    grown_from = {e.provenance["seed_id"] for e in entries if e.provenance.get("augmentor")}
+    assert grown_from - set(selection["hard"] + selection["easy_kept"])  # not the assessor's choice

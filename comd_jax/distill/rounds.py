@@ -40,6 +40,14 @@ class DistillConfig:
     answer_max_tokens: int = 128
     concurrency: int = 8
     seed: int = 0
+    # "hard": augmentation grows from what the assessor found hard (CoMD). "random": as many
+    # seeds drawn uniformly from the pool — plain distillation with the same teacher calls
+    # and training steps, the ablation's baseline.
+    seed_policy: str = "hard"
+
+    def __post_init__(self):
+        if self.seed_policy not in ("hard", "random"):
+            raise ValueError(f"seed_policy must be 'hard' or 'random', got {self.seed_policy!r}")
 
 
 @dataclasses.dataclass
@@ -170,7 +178,11 @@ class Loop:
             chosen = json.load(f)
         current = self.train_pool()
         by_id = {e.id: e for e in current}
-        seeds = [by_id[i] for i in chosen["hard"] + chosen["easy_kept"]][: self.cfg.max_new_per_round]
+        seed_ids = chosen["hard"] + chosen["easy_kept"]
+        if self.cfg.seed_policy == "random":
+            rng = np.random.default_rng([self.cfg.seed, r, 0xA11])
+            seed_ids = sorted(rng.choice(sorted(by_id), size=min(len(seed_ids), len(by_id)), replace=False))
+        seeds = [by_id[i] for i in seed_ids][: self.cfg.max_new_per_round]
         candidates = asyncio.run(self.parts.augmentor.propose(
             seeds, r, {s.id: self.parts.images_of(s) for s in seeds}))
         # Novelty against the pool as it was before this round's augmentation (a resumed
