@@ -127,10 +127,12 @@ class InputPipeline:
             raise errors.DataError(item.describe())
         if self.skip_log.record(item):
             logging.warning("skipping %s", item.describe())
-        # A whole pass over this host's share without one usable sample would otherwise
-        # spin forever (repeating datasets) or train on nothing: stop and say why.
+        # Repeating forever (training), a whole pass over this host's share without one
+        # usable sample would spin without end: stop and say why. A finite pass (a lint,
+        # an evaluation) just ends, its skips counted.
         self._skipped_in_a_row += 1
-        if self._skipped_in_a_row >= max(self._num_examples // self.process_count, 1):
+        if self.config.num_epochs is None and \
+                self._skipped_in_a_row >= max(self._num_examples // self.process_count, 1):
             raise errors.DataError(
                 f"every sample was skipped in a full pass over {self._num_examples} examples; "
                 f"by reason: {dict(self.skip_log.counts)}")
