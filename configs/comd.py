@@ -175,5 +175,5 @@ def _ablation():
     c.ablation = ml_collections.ConfigDict(dict(
         seeds=(0, 1, 2),
         # variant name -> config overrides; plain: no assessment-driven augmentation, no competitive targets
-        variants=dict(comd=dict(), plain={"distill.seed_policy": "random", "distill.competitive": False})))
+        variants=dict(comd=dict(), plain=dict(distill=dict(seed_policy="random", competitive=False)))))
     return c

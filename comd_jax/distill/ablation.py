@@ -18,14 +18,21 @@ from ml_collections import config_flags
 
 
 def _apply(config, overrides: dict):
+    """A copy of `config` with nested `overrides` ({"distill": {"competitive": False}}) applied;
+    an unknown key is an error, as on the command line."""
     config = copy.deepcopy(config)
+
+    def merge(target, values, where):
+        for key, value in values.items():
+            if key not in target:
+                raise KeyError(f"ablation override {where}{key}: no such config field")
+            if isinstance(value, dict):
+                merge(target[key], value, f"{where}{key}.")
+            else:
+                target[key] = value
+
     with config.unlocked():
-        for dotted, value in overrides.items():
-            section, key = dotted.rsplit(".", 1)
-            target = config
-            for part in section.split("."):
-                target = target[part]
-            target[key] = value
+        merge(config, overrides, "")
     return config
 
 
