@@ -22,6 +22,24 @@ def _shift_left(x):
     return jnp.pad(x[:, 1:], ((0, 0), (0, 1)))
 
 
+def cross_entropy(logits_btv, targets_bt):
+    """(next-token NLL, "target holds the top logit") per position, float32.
+
+    The same arithmetic as optax's softmax_cross_entropy_with_integer_labels, but
+    the target logit is picked with a one-hot select instead of take_along_axis:
+    its gradient is then an elementwise select that fuses into the softmax
+    gradient, where take_along_axis's is a scatter into a zeroed [B, T, V] array
+    (serial on CPU). "Top logit" replaces argmax == target: the same test barring
+    exact ties, and it reuses the max the softmax needs anyway.
+    """
+    top = jnp.max(logits_btv, axis=-1, keepdims=True)
+    shifted = logits_btv - jax.lax.stop_gradient(top)
+    is_target = targets_bt[..., None] == jnp.arange(logits_btv.shape[-1], dtype=targets_bt.dtype)
+    target = jnp.sum(jnp.where(is_target, shifted, 0.0), axis=-1)
+    nll = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1)) - target
+    return nll, target >= 0.0
+
+
 def token_losses(model, batch):
     """Summed next-token NLL, target count and correct count over one (micro)batch."""
     logits = model(batch["input_ids"], batch.get("pixel_values"), batch["attention_mask"])
@@ -29,12 +47,8 @@ def token_losses(model, batch):
     # them forward and pads their gradient backward. The last position weighs 0.
     targets = _shift_left(batch["input_ids"])
     weights = _shift_left(batch["loss_mask"].astype(jnp.float32))
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    # "The target holds the largest logit" instead of argmax == target: the same
-    # test barring exact ties, and a max-reduce is far cheaper on CPU than argmax.
-    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    correct = (target_logit >= jnp.max(logits, axis=-1)).astype(jnp.float32)
-    return jnp.sum(nll * weights), jnp.sum(weights), jnp.sum(correct * weights)
+    nll, correct = cross_entropy(logits, targets)
+    return jnp.sum(nll * weights), jnp.sum(weights), jnp.sum(correct.astype(jnp.float32) * weights)
 
 
 def _freeze(params: dict, labels: dict) -> dict:
