@@ -50,7 +50,7 @@ class DecoderBlock(nnx.Module):
             v = cache["v"].at[rows, ctx["positions"]].set(v.astype(cache["v"].dtype))
             cache = {"k": k, "v": v}
             k, v = k.astype(q.dtype), v.astype(q.dtype)
-        out = attention(q, k, v, ctx["mask"], self.scale)
+        out = attention(q, k, v, ctx["mask"], self.scale, causal=cache is None)
         return self.o(out), cache
 
     def scan_step(self, carry, cache):

@@ -116,26 +116,57 @@ class LayerNorm(nnx.Module):
 NEG_INF = -1e30  # finite, so a fully masked row stays NaN-free
 
 
-def attention(q_btnh, k_bskh, v_bskh, mask_bts: Optional[jax.Array], scale: float) -> jax.Array:
+# Causal attention runs its queries in blocks of at least this many rows (at most
+# MAX_CAUSAL_BLOCKS blocks), each against only the keys up to its last row.
+CAUSAL_BLOCK = 64
+MAX_CAUSAL_BLOCKS = 8
+
+
+def attention(q_btnh, k_bskh, v_bskh, mask_bts: Optional[jax.Array], scale: float,
+              causal: bool = False) -> jax.Array:
     """Grouped-query attention: q has N heads, k/v have K heads, N a multiple of K.
 
     Softmax runs in float32 whatever the compute dtype. Heads go major first and
     each kv head's query groups are stacked along the length axis, so both
     matmuls are plain batched [rows, h] x [h, s] products: XLA:CPU runs this
     layout ~1.5x faster (forward + backward) than a grouped 5-D einsum.
+
+    `causal=True` promises that `mask_bts` hides every key after its query (keys
+    indexed like queries). The queries then run in blocks that skip the key
+    blocks the mask would zero anyway: the same result for every row that sees
+    at least one key, at ~60% of the work for 4+ blocks. (A row the mask leaves
+    empty averages the values its block sees instead of all of them: finite and
+    meaningless either way.)
     """
     b, t, n, h = q_btnh.shape
-    s, k_heads = k_bskh.shape[1], k_bskh.shape[2]
+    k_heads = k_bskh.shape[2]
     g = n // k_heads
-    q = q_btnh.reshape(b, t, k_heads, g, h).transpose(0, 2, 3, 1, 4).reshape(b, k_heads, g * t, h)
+    q = q_btnh.reshape(b, t, k_heads, g, h).transpose(0, 2, 3, 1, 4)  # [b, K, g, t, h]
     k = k_bskh.transpose(0, 2, 3, 1)  # [b, K, h, s]
     v = v_bskh.transpose(0, 2, 1, 3)  # [b, K, s, h]
-    scores = jnp.matmul(q, k, preferred_element_type=jnp.float32).reshape(b, k_heads, g, t, s) * scale
+    blocks = min(MAX_CAUSAL_BLOCKS, max(1, t // CAUSAL_BLOCK)) if causal else 1
+    if blocks > 1 and (mask_bts is None or k.shape[-1] != t):
+        raise ValueError("causal attention needs the causal mask and as many keys as queries")
+    size = -(-t // blocks)
+    outs = []
+    for lo in range(0, t, size):
+        hi = min(t, lo + size) if blocks > 1 else k.shape[-1]
+        mask = None if mask_bts is None else mask_bts[:, lo:lo + size, :hi]
+        outs.append(_attend_block(q[:, :, :, lo:lo + size], k[..., :hi], v[:, :, :hi], mask, scale))
+    out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
+
+
+def _attend_block(q_bkgth, k_bkhs, v_bksh, mask_bts, scale):
+    """Head-major attention of one block of queries: [b, K, g, t, h] out."""
+    b, k_heads, g, t, h = q_bkgth.shape
+    s = k_bkhs.shape[-1]
+    q = q_bkgth.reshape(b, k_heads, g * t, h)
+    scores = jnp.matmul(q, k_bkhs, preferred_element_type=jnp.float32).reshape(b, k_heads, g, t, s) * scale
     if mask_bts is not None:
         scores = jnp.where(mask_bts[:, None, None, :, :], scores, NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_bskh.dtype).reshape(b, k_heads, g * t, s)
-    out = jnp.matmul(probs, v).reshape(b, k_heads, g, t, h)
-    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_bksh.dtype).reshape(b, k_heads, g * t, s)
+    return jnp.matmul(probs, v_bksh).reshape(b, k_heads, g, t, h)
 
 
 def scan_layers(blocks: nnx.Module, carry, xs=None, *, remat: bool = False, num_layers=None,
