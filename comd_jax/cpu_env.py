@@ -39,7 +39,7 @@ def reexec_if_needed(argv=None) -> None:
 
     Call it before doing any work: the process is replaced, so nothing done
     before the call survives. `argv` defaults to how this process was started
-    (`python -m pkg.mod args` is restarted as such)."""
+    (`python -m pkg.mod args`, `python -c ...` and scripts restart as such)."""
     if os.environ.get(_MARK) or not missing():
         return
     if argv is None:
@@ -48,7 +48,10 @@ def reexec_if_needed(argv=None) -> None:
 
 
 def _original_argv() -> list:
-    """sys.argv as the interpreter received it: `-m module` when run as a module."""
+    """The interpreter's own arguments (`-m module`, `-c code`, a script, flags)."""
+    orig = getattr(sys, "orig_argv", None)  # Python >= 3.10
+    if orig:
+        return list(orig[1:])
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     if spec is not None and spec.name:
