@@ -144,8 +144,8 @@ class ServerProcess:
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.model_name = model_name
-        launcher = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "launch",
-                                "serve_teacher.py")
+        repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        launcher = os.path.join(repo, "launch", "serve_teacher.py")
         self.args = [sys.executable, os.path.normpath(launcher), f"--config={config}", f"--port={self.port}",
                      f"--workdir={workdir}", f"--model_name={model_name}", *extra_args]
         if checkpoint:
@@ -153,7 +153,9 @@ class ServerProcess:
         if api_key:
             self.args.append(f"--api_key={api_key}")
         self.startup_timeout_s = startup_timeout_s
-        self.env = env
+        # The child imports this very package, installed or not (a checkout run in place).
+        self.env = dict(os.environ if env is None else env)
+        self.env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, self.env.get("PYTHONPATH")) if p)
         self.proc: Optional[subprocess.Popen] = None
         self.log = None
 
