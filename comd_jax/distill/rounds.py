@@ -10,6 +10,19 @@ the trainer's Orbax checkpoints (one stage per round).
 The loop never knows who answers: `teacher` is any `ChatClient`, the student
 is any `answer(entries) -> texts` callable, the trainer any
 `tune(round_index, train_json) -> None` callable.
+
+Multi-host: every process runs the loop, because tuning and the student's
+answers are collective computations over a mesh spanning the hosts. Everything
+else happens once, on process 0 (`comd_jax.multihost.is_writer`): it alone
+calls the teacher, the judge and the augmentor and writes the loop's files
+(state.json, the pools, the per-item JSONL, selection, augmented images); the
+other processes wait at a barrier after each write and then read what process
+0 wrote, so all of them continue from the same pool and state. The student's
+answers are computed by all processes; only process 0's copy is judged and
+written. The work directory must therefore be one POSIX filesystem every host
+sees (NFS / Filestore, or a bucket mounted with gcsfuse); a gs:// URL is refused
+up front because the per-item appends need POSIX append. With one process the
+barriers are no-ops and the behaviour is the single-host one.
 """
 from __future__ import annotations
 
@@ -21,6 +34,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from comd_jax import multihost
 from comd_jax.distill import pool as pool_lib
 from comd_jax.distill.augment import filter_novel
 from comd_jax.distill.judges import Verdict
@@ -63,8 +77,11 @@ class Components:
 class Loop:
     def __init__(self, cfg: DistillConfig, workdir: str, parts: Components):
         self.cfg, self.parts = cfg, parts
+        if cfg.rounds > 0:
+            multihost.require_posix_workdir(workdir, "the competitive distillation loop (distill.rounds > 0)")
         self.dir = os.path.join(workdir, "distill")
-        os.makedirs(self.dir, exist_ok=True)
+        if multihost.is_writer():
+            os.makedirs(self.dir, exist_ok=True)
         self.state_path = os.path.join(self.dir, "state.json")
 
     # -- files ----------------------------------------------------------------------
@@ -87,22 +104,32 @@ class Loop:
         return pool_lib.load(self.path("train_pool.jsonl"))
 
     # -- the loop -------------------------------------------------------------------
-    def seed_pool(self, entries: Sequence[pool_lib.PoolEntry]):
-        """The initial pool (targets = teacher answers); written once."""
-        if not os.path.exists(self.path("train_pool.jsonl")):
-            pool_lib.append(self.path("train_pool.jsonl"), entries)
+    def seed_pool(self, entries):
+        """The initial pool (targets = teacher answers); written once, by process 0.
+
+        `entries`: the entries, or a function making them (called only where the pool is
+        written, so the teacher answers the initial pool once, on process 0, and only when
+        there is no pool yet)."""
+        if multihost.is_writer() and not os.path.exists(self.path("train_pool.jsonl")):
+            pool_lib.append(self.path("train_pool.jsonl"), entries() if callable(entries) else entries)
+        multihost.barrier("comd_jax.distill: initial pool written")
 
     def run(self) -> dict:
+        multihost.barrier("comd_jax.distill: loop start")  # the pool and state are on disk for everyone
         state = self.load_state()
         while state["round"] < self.cfg.rounds:
             r = state["round"]
             for phase in PHASES[PHASES.index(state["phase"]):]:
-                summary = getattr(self, f"_{phase}")(r)
-                state["history"].append({"round": r, "phase": phase, **(summary or {})})
-                next_index = PHASES.index(phase) + 1
-                state.update(round=r if next_index < len(PHASES) else r + 1,
-                             phase=PHASES[next_index % len(PHASES)])
-                self.save_state(state)
+                summary = getattr(self, f"_{phase}")(r)  # process 0's summary; None elsewhere
+                if multihost.is_writer():
+                    state["history"].append({"round": r, "phase": phase, **(summary or {})})
+                    next_index = PHASES.index(phase) + 1
+                    state.update(round=r if next_index < len(PHASES) else r + 1,
+                                 phase=PHASES[next_index % len(PHASES)])
+                    self.save_state(state)
+                multihost.barrier(f"comd_jax.distill: round {r} {phase} done")
+                if not multihost.is_writer():
+                    state = self.load_state()
         return state
 
     def _tune(self, r: int) -> dict:
@@ -111,18 +138,25 @@ class Loop:
             raise RuntimeError(f"{self.path('train_pool.jsonl')}: no entry has a usable target "
                                "(all excluded or empty answers); nothing to train on")
         train_json = self.path("train.json", r)
-        pool_lib.write_llava(train_json, entries)
-        self.parts.tune(r, train_json)
+        if multihost.is_writer():
+            pool_lib.write_llava(train_json, entries)
+        multihost.barrier(f"comd_jax.distill: round {r} train.json written")
+        self.parts.tune(r, train_json)  # collective: every host reads its share of train_json
         return {"train_pool": len(entries), "empty_targets": sum(not e.target.strip() for e in self.train_pool())}
 
-    def _assess(self, r: int) -> dict:
-        """Student answers (batched, in-process) and verdicts, appended per item."""
+    def _assess(self, r: int) -> Optional[dict]:
+        """Student answers (batched, in-process, on every process) and verdicts (process 0),
+        appended per item."""
         out = self.path("assess.jsonl", r)
         done = _done_ids(out)
         todo = [e for e in self.train_pool() if e.id not in done]
+        # Everyone has its list before process 0 appends: all answer the same chunks.
+        multihost.barrier(f"comd_jax.distill: round {r} assessment to do")
         for start in range(0, len(todo), 64):
             chunk = todo[start:start + 64]
-            answers = self.parts.answer_student(r, chunk)
+            answers = self.parts.answer_student(r, chunk)  # collective across hosts
+            if not multihost.is_writer():
+                continue
             verdicts = asyncio.run(self._judge(chunk, answers))
             with open(out, "a") as f:
                 for entry, answer, verdict in zip(chunk, answers, verdicts):
@@ -130,7 +164,7 @@ class Loop:
                                         "scores": {"teacher": verdict.teacher, "student": verdict.student},
                                         "raw": verdict.raw}) + "\n")
                     f.flush()
-        return {"assessed": len(_done_ids(out))}
+        return {"assessed": len(_done_ids(out))} if multihost.is_writer() else None
 
     async def _judge(self, entries, answers) -> list:
         gate = asyncio.Semaphore(self.cfg.concurrency)
@@ -144,7 +178,9 @@ class Loop:
 
         return await asyncio.gather(*(one(e, a) for e, a in zip(entries, answers)))
 
-    def _select(self, r: int) -> dict:
+    def _select(self, r: int) -> Optional[dict]:
+        if not multihost.is_writer():
+            return None  # the others read the rewritten pool after the phase's barrier
         records = _records(self.path("assess.jsonl", r))
         entries = self.train_pool()
         verdicts = [Verdict(records[e.id]["scores"]["teacher"], records[e.id]["scores"]["student"], [])
@@ -173,7 +209,9 @@ class Loop:
                        "excluded": [entries[i].id for i in chosen.excluded]}, f, indent=2)
         return chosen.counts()
 
-    def _augment(self, r: int) -> dict:
+    def _augment(self, r: int) -> Optional[dict]:
+        if not multihost.is_writer():
+            return None  # the augmentor and the teacher are process 0's; the others read the pool after
         with open(self.path("selection.json", r)) as f:
             chosen = json.load(f)
         current = self.train_pool()
