@@ -75,6 +75,7 @@ def _distill(**kw):
         seed_policy="hard",  # hard: CoMD; random: plain distillation (same calls and steps)
         teacher_floor=0.0,  # 0: off; else teacher answers scored below it leave training
         per_seed=2, max_new_per_round=128, answer_max_tokens=32, concurrency=8, gen_batch=16,
+        assess_chunk=64,  # student answers per assessment batch (verdicts are saved per item)
         teacher_url="",  # empty: start our server on the cached teacher; else any OpenAI-compatible URL
         teacher_model="comd-teacher", teacher_api_key="",
         eval_limit=270)  # held-out examples scored per round (30 per skill)
@@ -142,7 +143,7 @@ def _smoke():
                         ("round_tune", 2)):
         c[name].update(dict(total_steps=steps, global_batch=4, log_every=2, save_every=2, eval_batches=2))
     c.distill.update(dict(rounds=1, pool_size=12, per_seed=1, max_new_per_round=8, answer_max_tokens=8,
-                          gen_batch=4, eval_limit=18))
+                          gen_batch=4, eval_limit=18, assess_chunk=4))
     return c
 
 

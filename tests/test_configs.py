@@ -39,3 +39,35 @@ def test_ablation_variants_apply_and_reject_unknown_keys():
 def test_unknown_preset_is_an_error():
     with pytest.raises(ValueError, match="unknown preset"):
         _module().get_config("nope")
+
+
+def test_ablation_trains_the_teacher_once_and_each_seeds_warm_up_once(tmp_path, monkeypatch):
+    """The runs compare only what the rounds do: every run must see the same teacher and
+    both variants of a seed the same warm-up student. A fake run "trains" whatever is
+    missing from its workdir (a real one resumes from what is there)."""
+    from comd_jax.distill import ablation, driver
+
+    config = _module().get_config("ablation")
+    trained = []
+
+    def fake_run(cfg, run_dir):
+        for part in ("world",) + tuple(f"checkpoints/{s}" for s in cfg.teacher_stages + cfg.stages):
+            path = os.path.join(run_dir, part)
+            if not os.path.exists(path):
+                os.makedirs(path)
+                open(os.path.join(path, "by"), "w").write(f"{cfg.seed} {cfg.distill.seed_policy}")
+                trained.append((part, cfg.seed, cfg.distill.seed_policy))
+        score = 10.0 * cfg.seed + (cfg.distill.seed_policy == "hard")
+        return {"rounds": [{"student": {"mean": score + r}} for r in range(cfg.distill.rounds)]}
+
+    monkeypatch.setattr(driver, "run_comd", fake_run)
+    summary = ablation.run_ablation(config, str(tmp_path))
+    teacher_parts = [t for t in trained if t[0] == "world" or "teacher" in t[0]]
+    assert {(seed, policy) for _, seed, policy in teacher_parts} == {(0, "hard")}
+    warm_up = [(seed, policy) for part, seed, policy in trained if part.endswith("/stage0")]
+    assert warm_up == [(0, "hard"), (1, "hard"), (2, "hard")]  # the plain variant reuses its seed's
+    assert open(tmp_path / "plain" / "seed2" / "checkpoints" / "tune" / "by").read() == "2 hard"
+    assert summary["comd"]["mean_by_round"] == [11.0, 12.0, 13.0, 14.0]
+    assert summary["plain"]["runs"][1] == [10.0, 11.0, 12.0, 13.0]
+    rows = [line for line in (tmp_path / "ablation.md").read_text().splitlines() if line.startswith("| comd")]
+    assert rows == ["| comd | 11.0 ± 8.2 | 12.0 ± 8.2 | 13.0 ± 8.2 | 14.0 ± 8.2 |"]

@@ -2,9 +2,13 @@
 
   python -m comd_jax.distill.ablation --config=configs/comd.py:ablation --workdir=DIR
 
-Each (variant, seed) runs the whole default pipeline in DIR/<variant>/seed<k>;
-the world and the teacher do not depend on the variant, so they are trained
-once per seed and shared (symlinked). Everything resumes like a normal run.
+Each (variant, seed) runs the whole default pipeline in DIR/<variant>/seed<k>.
+What a comparison must hold fixed is trained once and shared (symlinked):
+- the world and the teacher, across every run: as in the paper, the teacher is
+  a given model (trained with the first seed), and the seeds vary the student;
+- the student's warm-up stages, across the variants of one seed: both variants
+  enter the rounds from the same student, so the rounds are all that differs.
+Everything resumes like a normal run.
 """
 from __future__ import annotations
 
@@ -50,16 +54,21 @@ def run_ablation(config, workdir: str) -> dict:
 
     results: dict = {}
     variants = config.ablation.variants.to_dict()
+    teacher = ("world",) + tuple(os.path.join("checkpoints", s) for s in config.teacher_stages)
+    student = tuple(os.path.join("checkpoints", s) for s in config.stages)
+    first_run = None
     for seed in config.ablation.seeds:
-        first = None
+        first_of_seed = None
         for name, overrides in variants.items():
             run_dir = os.path.join(workdir, name, f"seed{seed}")
             cfg = _apply(config, {"seed": seed, **overrides})
-            if first is not None:
-                _share(first, run_dir, ("world",) + tuple(
-                    os.path.join("checkpoints", s) for s in config.teacher_stages))
+            if first_run is not None:
+                _share(first_run, run_dir, teacher)
+            if first_of_seed is not None:
+                _share(first_of_seed, run_dir, student)
+            print(f"== ablation: {name}, seed {seed} -> {run_dir} ==", flush=True)
             out = run_comd(cfg, run_dir)
-            first = first or run_dir
+            first_run, first_of_seed = first_run or run_dir, first_of_seed or run_dir
             results.setdefault(name, []).append([r["student"]["mean"] for r in out["rounds"]])
     summary = {name: {"mean_by_round": np.mean(runs, axis=0).tolist(), "spread_by_round": np.std(runs, axis=0).tolist(),
                       "runs": runs} for name, runs in results.items()}

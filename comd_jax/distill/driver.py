@@ -44,7 +44,7 @@ def distill_config(config) -> DistillConfig:
     return DistillConfig(
         rounds=d.rounds, competitive=d.competitive, teacher_floor=d.teacher_floor or None,
         max_new_per_round=d.max_new_per_round, answer_max_tokens=d.answer_max_tokens,
-        concurrency=d.concurrency, seed=config.seed, seed_policy=d.seed_policy,
+        concurrency=d.concurrency, assess_chunk=d.assess_chunk, seed=config.seed, seed_policy=d.seed_policy,
         selection=SelectionConfig(threshold=d.threshold, easy_keep=d.easy_keep, student_margin=d.student_margin))
 
 

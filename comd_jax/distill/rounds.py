@@ -53,6 +53,7 @@ class DistillConfig:
     max_new_per_round: int = 256
     answer_max_tokens: int = 128
     concurrency: int = 8
+    assess_chunk: int = 64  # student answers per batch of the assessment; verdicts land per item
     seed: int = 0
     # "hard": augmentation grows from what the assessor found hard (CoMD). "random": as many
     # seeds drawn uniformly from the pool — plain distillation with the same teacher calls
@@ -152,8 +153,8 @@ class Loop:
         todo = [e for e in self.train_pool() if e.id not in done]
         # Everyone has its list before process 0 appends: all answer the same chunks.
         multihost.barrier(f"comd_jax.distill: round {r} assessment to do")
-        for start in range(0, len(todo), 64):
-            chunk = todo[start:start + 64]
+        for start in range(0, len(todo), self.cfg.assess_chunk):
+            chunk = todo[start:start + self.cfg.assess_chunk]
             answers = self.parts.answer_student(r, chunk)  # collective across hosts
             if not multihost.is_writer():
                 continue
