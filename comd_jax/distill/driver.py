@@ -17,6 +17,7 @@ from typing import Optional
 import jax
 
 from comd_jax import config as config_lib
+from comd_jax import multihost
 from comd_jax import sharding as shd
 from comd_jax import stages as stages_lib
 from comd_jax.distill import pool as pool_lib
@@ -102,6 +103,8 @@ def run_comd(config, workdir: str) -> dict:
     from comd_jax.serve.loading import restore_params
     from comd_jax.train.trainer import train_stage
 
+    if config.distill.rounds > 0:  # before hours of teacher training, not after
+        multihost.require_posix_workdir(workdir, "the competitive distillation loop (distill.rounds > 0)")
     os.makedirs(workdir, exist_ok=True)
     student_cfg, teacher_cfg = config_lib.model_config(config.model), config_lib.model_config(config.teacher)
     mesh_cfg = config_lib.mesh_config(config.mesh)
@@ -175,7 +178,8 @@ def run_comd(config, workdir: str) -> dict:
             teacher=ChoiceClient(client), judge=_judge(config, client),
             augmentor=_augmentor(config, client, spec, llava_dir),
             answer_student=answer_student, tune=tune, images_of=image_bytes))
-        if not os.path.exists(loop.path("train_pool.jsonl")):
+
+        def teacher_answers_initial_pool():  # called once, on process 0, when there is no pool yet
             with open(os.path.join(llava_dir, "instructions.json")) as f:
                 samples = json.load(f)[: config.distill.pool_size]
             print(f"== the teacher answers the initial pool ({len(samples)}) ==", flush=True)
@@ -183,8 +187,9 @@ def run_comd(config, workdir: str) -> dict:
                 ([user_message(s["conversations"][0]["value"].replace("<image>", "").strip(),
                                image_bytes(pool_lib.PoolEntry("", "", "", image=s.get("image"))))],
                  {"temperature": 0.0, "max_tokens": config.distill.answer_max_tokens}) for s in samples])
-            loop.seed_pool(initial_pool(config, os.path.join(llava_dir, "instructions.json"),
-                                        [r[0] for r in replies]))
+            return initial_pool(config, os.path.join(llava_dir, "instructions.json"), [r[0] for r in replies])
+
+        loop.seed_pool(teacher_answers_initial_pool)
         print("== competitive distillation rounds ==", flush=True)
         loop_state = loop.run()
 
@@ -215,13 +220,15 @@ def run_comd(config, workdir: str) -> dict:
 
 
 class _teacher_endpoint:
-    """Our server as a child process (config.distill.teacher_url empty), else the given URL."""
+    """Our server as a child process (config.distill.teacher_url empty), else the given URL.
+    Only process 0 talks to the teacher, so only process 0 starts the server; the others get
+    an empty URL they never use."""
 
     def __init__(self, config, workdir, checkpoint, server_cls):
         self.url = config.distill.teacher_url
-        self.server = None if self.url else server_cls(_snapshot(config, workdir), workdir=workdir,
-                                                       checkpoint=checkpoint,
-                                                       model_name=config.distill.teacher_model)
+        self.server = None if self.url or not multihost.is_writer() else server_cls(
+            _snapshot(config, workdir), workdir=workdir, checkpoint=checkpoint,
+            model_name=config.distill.teacher_model)
 
     def __enter__(self) -> str:
         if self.server is None:

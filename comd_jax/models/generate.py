@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from comd_jax.multihost import host_array
+
 
 def _prompt_lengths(attention_mask, batch: int, length: int) -> np.ndarray:
     if attention_mask is None:
@@ -51,7 +53,7 @@ def greedy_generate(model, input_ids, pixel_values=None, max_new_tokens: int = 1
     pixels, offsets = model.images_in_order(input_ids, pixel_values)
     out = _generate(model, input_ids, pixels, offsets, lengths, jnp.asarray(eos),
                     jnp.int32(pad_token_id), max_new_tokens)
-    return np.asarray(out)
+    return host_array(out)  # also when the model spans several hosts (the output is then global)
 
 
 @nnx.jit(static_argnames="max_new_tokens")

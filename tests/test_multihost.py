@@ -1,0 +1,213 @@
+"""A real two-process JAX job on CPU (jax.distributed over 127.0.0.1): the distillation
+loop with stand-in components writes exactly what one process writes, only process 0
+calls the teacher, judge and augmentor, and both processes end with the same state;
+greedy decoding of a model sharded over both processes gives the single-device tokens.
+
+Each process is a fresh interpreter (`python tests/test_multihost.py <id> <port> ...`),
+because joining a job fixes jax's device list for the life of the process."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import zlib
+
+import numpy as np
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+
+class Counts(dict):
+    def bump(self, key):
+        self[key] = self.get(key, 0) + 1
+
+
+def run_loop(workdir: str, counts: Counts) -> dict:
+    """tests/test_rounds.py's two-round loop, with every remote-side call counted; the
+    student and the tuner check (collectively, when there are several processes) that all
+    processes work on the same chunk and the same train.json."""
+    import test_rounds as tr
+    from jax.experimental import multihost_utils
+
+    import jax
+    from comd_jax.data.synthetic import world
+    from comd_jax.distill import rounds
+    from comd_jax.distill.augment import ProceduralAugmentor
+    from comd_jax.distill.judges import ReferenceJudge
+    from comd_jax.distill.selection import SelectionConfig
+
+    def same_everywhere(text: str, what: str):
+        if jax.process_count() > 1:
+            multihost_utils.assert_equal(np.uint32(zlib.crc32(text.encode())), what)
+
+    class Teacher(tr.Teacher):
+        async def chat(self, messages, **params):
+            counts.bump("teacher")
+            return await super().chat(messages, **params)
+
+    class Judge(ReferenceJudge):
+        async def judge(self, question, teacher, student, images=(), *, reference, skill=None):
+            counts.bump("judge")
+            return await super().judge(question, teacher, student, images, reference=reference, skill=skill)
+
+    class Augmentor(ProceduralAugmentor):
+        async def propose(self, *args, **kwargs):
+            counts.bump("propose")
+            return await super().propose(*args, **kwargs)
+
+    inner = tr.student_answers()
+
+    def student(r, entries):  # collective in a real job: every process answers every chunk
+        counts.bump("student_chunks")
+        same_everywhere(f"{r}:" + ",".join(e.id for e in entries), "every process answers the same chunk")
+        return inner(r, entries)
+
+    def tune(r, path):
+        counts.bump("tune")
+        with open(path) as f:
+            same_everywhere(f"{r}:" + f.read(), "every process tunes on the same train.json")
+
+    def initial():
+        counts.bump("initial_pool")
+        return tr.initial_pool()
+
+    parts = rounds.Components(
+        teacher=Teacher(), judge=Judge(metric_for=lambda skill: "f1"),
+        augmentor=Augmentor(world.WorldSpec(seed=9), os.path.join(workdir, "images"), seed=1),
+        answer_student=student, tune=tune)
+    cfg = rounds.DistillConfig(rounds=2, selection=SelectionConfig(threshold=1.0, easy_keep=0.25), seed=3)
+    loop = rounds.Loop(cfg, workdir, parts)
+    loop.seed_pool(initial)
+    return loop.run()
+
+
+def tiny_generate() -> dict:
+    """Greedy tokens from a tiny decoder sharded (fsdp) over every device of the job, and from
+    the same weights on this process's first device alone."""
+    import jax
+
+    from comd_jax import sharding as shd
+    from comd_jax.models import build
+    from comd_jax.models.config import DecoderConfig, VLMConfig
+    from comd_jax.models.generate import greedy_generate
+
+    cfg = VLMConfig(text=DecoderConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_layers=1,
+                                       num_heads=4, num_kv_heads=2, max_position_embeddings=64),
+                    vision=None)
+    rng = np.random.default_rng(1)
+    ids = np.zeros((2, 12), np.int32)
+    mask = np.zeros_like(ids)
+    for b, n in enumerate((12, 7)):
+        ids[b, :n], mask[b, :n] = rng.integers(3, 90, n), 1
+    out = {}
+    for name, devices in (("global", jax.devices()), ("local", jax.local_devices()[:1])):
+        model = build.build_model(cfg, shd.make_mesh((1, -1, 1), devices), seed=3)
+        out[name] = greedy_generate(model, ids, max_new_tokens=6, attention_mask=mask).tolist()
+    return out
+
+
+def files_under(root: str) -> dict:
+    out = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, root)] = f.read()
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    """(single-process reference, [process 0's report, process 1's report], the shared workdir)."""
+    sys.path.insert(0, HERE)
+    reference_dir = str(tmp_path_factory.mktemp("single"))
+    counts = Counts()
+    reference = {"state": run_loop(reference_dir, counts), "counts": counts, "dir": reference_dir}
+
+    shared = str(tmp_path_factory.mktemp("shared"))
+    port = free_port()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join([REPO, HERE]),
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    logs = [open(os.path.join(shared, f"log{i}.txt"), "w+") for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, __file__, str(i), str(port), shared,
+                               os.path.join(shared, f"report{i}.json")],
+                              env=env, stdout=logs[i], stderr=subprocess.STDOUT) for i in range(2)]
+    # A process that fails leaves the other waiting in a collective: stop both at the first failure.
+    deadline = time.monotonic() + 120
+    while any(p.poll() is None for p in procs) and not any(p.poll() for p in procs) \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+    texts = []
+    for log in logs:
+        log.seek(0)
+        texts.append(log.read())
+        log.close()
+        os.remove(log.name)
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(
+        f"process {i} exited {p.returncode}:\n{text[-4000:]}" for i, (p, text) in enumerate(zip(procs, texts)))
+    reports = []
+    for i in range(2):
+        with open(os.path.join(shared, f"report{i}.json")) as f:
+            reports.append(json.load(f))
+        os.remove(os.path.join(shared, f"report{i}.json"))
+    return reference, reports, shared
+
+
+def test_two_processes_write_what_one_process_writes(job):
+    reference, (p0, p1), shared = job
+    assert (p0["process"], p1["process"]) == ([0, 2], [1, 2])
+    want, got = files_under(reference["dir"]), files_under(shared)
+    assert sorted(got) == sorted(want)  # the same files (pools, JSONL, selections, images, state) ...
+    assert [name for name in want if got[name] != want[name]] == []  # ... byte for byte
+    for name in ("train_pool.jsonl", "round0_assess.jsonl", "round1_assess.jsonl", "round0_augment.jsonl"):
+        ids = [json.loads(line)["id"] for line in open(os.path.join(shared, "distill", name))]
+        assert ids and len(ids) == len(set(ids)), name  # no line written twice
+
+
+def test_only_process_0_talks_to_the_teacher_and_both_end_in_the_same_state(job):
+    reference, (p0, p1), _ = job
+    remote = ("teacher", "judge", "propose", "initial_pool")
+    assert {k: p0["counts"].get(k, 0) for k in remote} == {k: reference["counts"][k] for k in remote}
+    assert all(reference["counts"][k] > 0 for k in remote)
+    assert {k: p1["counts"].get(k, 0) for k in remote} == dict.fromkeys(remote, 0)
+    # The collective parts ran everywhere, chunk for chunk.
+    for k in ("student_chunks", "tune"):
+        assert p0["counts"][k] == p1["counts"][k] == reference["counts"][k]
+    assert p0["state"] == p1["state"] == reference["state"]
+
+
+def test_greedy_decoding_of_a_model_spanning_both_processes(job):
+    _, (p0, p1), _ = job
+    assert p0["generate"]["global"] == p0["generate"]["local"] == p1["generate"]["global"]
+    assert len(p0["generate"]["global"]) == 2 and len(p0["generate"]["global"][0]) == 6
+
+
+def main(process_id: int, port: int, workdir: str, report: str):
+    import jax
+
+    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
+    counts = Counts()
+    state = run_loop(workdir, counts)
+    result = {"process": [jax.process_index(), jax.process_count()], "state": state, "counts": counts,
+              "generate": tiny_generate()}
+    with open(report, "w") as f:
+        json.dump(result, f)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4])
