@@ -17,6 +17,10 @@ How the mode is chosen (`mode="auto"`):
 4. Otherwise: one process, nothing to do.
 GCE TPU VMs do not always export the worker list, so `launch/tpu/` passes
 `--distributed=tpu` rather than relying on step 3.
+
+The launchers share the flags: `define_flags()` declares --distributed,
+--coordinator_address, --num_processes and --process_id; `plan_from_flags`
+reads them into a `Plan` (pure); `initialize_from_flags` joins the job.
 """
 from __future__ import annotations
 
@@ -145,4 +149,45 @@ def initialize(p: Plan) -> Plan:
         jax.distributed.initialize(coordinator_address=p.coordinator_address, num_processes=p.num_processes,
                                    process_id=p.process_id,
                                    local_device_ids=list(p.local_device_ids) if p.local_device_ids else None)
+    return p
+
+
+# -- the launchers' flags (launch/train.py, launch/eval.py, launch/serve_teacher.py) ----------
+
+
+def define_flags(flag_values=None) -> None:
+    """Declare the multi-host start-up flags (on absl's global FLAGS unless given)."""
+    from absl import flags
+
+    fv = flags.FLAGS if flag_values is None else flag_values
+    flags.DEFINE_enum("distributed", "auto", list(MODES),
+                      "How processes join: auto (flags, else SLURM, else a multi-host TPU slice, else one "
+                      "process), tpu (jax.distributed.initialize() from TPU metadata), slurm, flags, none.",
+                      flag_values=fv)
+    flags.DEFINE_string("coordinator_address", "", "HOST:PORT of process 0 (GPU clusters).", flag_values=fv)
+    flags.DEFINE_integer("num_processes", 0, "Processes in the job (0: from SLURM).", flag_values=fv)
+    flags.DEFINE_integer("process_id", -1, "This process's index (-1: from SLURM).", flag_values=fv)
+
+
+def plan_from_flags(flag_values=None, env: Optional[Mapping[str, str]] = None) -> Plan:
+    """`plan(...)` from the flags `define_flags` declared (pure: nothing is initialized)."""
+    from absl import flags
+
+    f = flags.FLAGS if flag_values is None else flag_values
+    return plan(f.distributed, f.coordinator_address, f.num_processes, f.process_id, env=env)
+
+
+def multiprocess(p: Plan) -> bool:
+    """Whether `p` joins a job of more than one process."""
+    return p.kind == "tpu" or (p.kind == "explicit" and (p.num_processes or 0) > 1)
+
+
+def initialize_from_flags(flag_values=None) -> Plan:
+    """Join the job the flags describe (before anything touches a JAX backend); logs the plan
+    when it is not a single process."""
+    p = initialize(plan_from_flags(flag_values))
+    if p.kind != "single":
+        from absl import logging
+
+        logging.warning(p.describe())
     return p

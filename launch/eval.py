@@ -6,11 +6,21 @@ plus a ScienceQA-style accuracy), scienceqa (--question_file, --problems_file,
 --image_folder), judged / llava_bench (--bench_questions, --bench_answers,
 [--bench_context], --judge_url, --judge_model). Writes NAME.json and NAME.md
 into --output. Thin on purpose: flags in, one library call.
+
+Multi-host (a model sharded over several hosts): the same command on every host,
+with the same start-up flags as launch/train.py (--distributed, or
+--coordinator_address --num_processes --process_id; under SLURM's srun nothing
+more). The model is then placed on config.mesh over every host's devices and
+every process runs the generation (it is collective); only process 0 calls the
+judge endpoint, writes --output and prints the table. --output must be a
+filesystem path (process 0 writes it).
 """
 import os
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from comd_jax import distributed
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:preset]).", lock_config=True)
 flags.DEFINE_string("checkpoint", None, "Orbax stage checkpoint dir or transformers-format dir (student).")
@@ -31,6 +41,7 @@ flags.DEFINE_bool("judge_swap", False, "Judged: also judge with the answers swap
 flags.DEFINE_integer("limit", None, "Only the first N questions.")
 flags.DEFINE_integer("max_new_tokens", 64, "Generation length.")
 flags.DEFINE_integer("batch_size", 8, "Generation batch.")
+distributed.define_flags()  # --distributed, --coordinator_address, --num_processes, --process_id
 flags.mark_flags_as_required(["config", "checkpoint"])
 
 
@@ -40,6 +51,8 @@ def main(argv):
 
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+    distributed.initialize_from_flags()  # before anything touches a JAX backend
+    from comd_jax import multihost
     from comd_jax.eval.loading import evaluate_checkpoint
     from comd_jax.eval.suite import EvalSettings
 
@@ -54,7 +67,8 @@ def main(argv):
                                  max_new_tokens=f.max_new_tokens, batch_size=f.batch_size)
     from comd_jax.eval.report import result_markdown
 
-    print(result_markdown(result))
+    if multihost.is_writer():
+        print(result_markdown(result))
 
 
 if __name__ == "__main__":

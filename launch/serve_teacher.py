@@ -5,9 +5,23 @@ Thin on purpose: parses flags and calls `comd_jax.serve.loading.serve`. The mode
 `config.teacher`; `--checkpoint` takes a transformers-format directory or one of our
 Orbax checkpoints (a stage directory or a step); without it the weights are random
 (tests, load checks). Binds 127.0.0.1 unless --host says otherwise.
+
+One process, one host: the teacher is sharded over config.mesh on this host's
+devices. It takes launch/train.py's start-up flags (--distributed,
+--coordinator_address, --num_processes, --process_id) so a job script can pass
+the same ones everywhere, but refuses a plan of more than one process: the
+engine's continuous batching is decided by the one process that holds the HTTP
+port, and processes on other hosts would have to replay each of its batches in
+lockstep to run the sharded model collectively, which the engine does not do.
+Serve a teacher too large for one host's devices from elsewhere (any
+OpenAI-compatible server, `config.distill.teacher_url`).
 """
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
+
+from comd_jax import distributed
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:preset]).", lock_config=True)
 flags.DEFINE_string("host", "127.0.0.1", "Interface to bind (0.0.0.0 exposes the server to the network).")
@@ -16,11 +30,25 @@ flags.DEFINE_string("checkpoint", None, "transformers directory or Orbax checkpo
 flags.DEFINE_string("api_key", None, "When set, requests need 'Authorization: Bearer KEY'.")
 flags.DEFINE_string("workdir", "workdir", "Where the offline world (tokenizer, image processor) lives.")
 flags.DEFINE_string("model_name", "comd-teacher", "The model id clients pass and /v1/models lists.")
+distributed.define_flags()  # --distributed, --coordinator_address, --num_processes, --process_id
 flags.mark_flags_as_required(["config"])
+
+
+def single_process_plan(flag_values=None) -> distributed.Plan:
+    """The start-up plan, refused (SystemExit) when it joins more than one process."""
+    plan = distributed.plan_from_flags(flag_values)
+    if distributed.multiprocess(plan):
+        raise SystemExit(
+            f"serve_teacher.py serves from one process on one host; got {plan.describe()}. Run it on one "
+            "host only (config.mesh spreads the teacher over that host's devices), with --distributed=none "
+            "if SLURM or TPU variables in the environment suggest a multi-host job. A multi-host server "
+            "would need every process to replay process 0's batches, which the engine does not do.")
+    return plan
 
 
 def main(argv):
     del argv
+    distributed.initialize(single_process_plan())  # a no-op but for an explicit one-process job
     from comd_jax.serve.loading import serve
 
     F = flags.FLAGS
@@ -29,8 +57,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    import sys
-
     # The issue's spelling --api-key, beside absl's --api_key.
     sys.argv = ["--api_key" + a[len("--api-key"):] if a.startswith("--api-key") else a for a in sys.argv]
     app.run(main)

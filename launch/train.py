@@ -10,15 +10,13 @@ so a mistyped override is an error that names the key.
 from absl import app, flags
 from ml_collections import config_flags
 
+from comd_jax import distributed
+
 config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:preset]).", lock_config=True)
 flags.DEFINE_string("workdir", "workdir", "Checkpoints, metrics, the offline world and reports go here.")
-# Multi-host start-up (comd_jax/distributed.py decides; these only carry the values).
-flags.DEFINE_enum("distributed", "auto", ["auto", "none", "tpu", "slurm", "flags"],
-                  "How processes join: auto (flags, else SLURM, else a multi-host TPU slice, else one "
-                  "process), tpu (jax.distributed.initialize() from TPU metadata), slurm, flags, none.")
-flags.DEFINE_string("coordinator_address", "", "HOST:PORT of process 0 (GPU clusters).")
-flags.DEFINE_integer("num_processes", 0, "Processes in the job (0: from SLURM).")
-flags.DEFINE_integer("process_id", -1, "This process's index (-1: from SLURM).")
+# Multi-host start-up: --distributed, --coordinator_address, --num_processes, --process_id
+# (comd_jax/distributed.py decides; the flags only carry the values).
+distributed.define_flags()
 flags.mark_flags_as_required(["config"])
 
 
@@ -28,14 +26,8 @@ def main(argv):
 
     if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO; -v 0 brings it back
         logging.set_verbosity(logging.WARNING)
-    from comd_jax import distributed
-
     # Before anything touches a JAX backend: joining the job fixes the global device list.
-    f = flags.FLAGS
-    plan = distributed.initialize(distributed.plan(f.distributed, f.coordinator_address, f.num_processes,
-                                                   f.process_id))
-    if plan.kind != "single":
-        logging.warning(plan.describe())
+    distributed.initialize_from_flags()
     import comd_jax.run
 
     comd_jax.run.run(flags.FLAGS.config, flags.FLAGS.workdir)

@@ -1,6 +1,12 @@
 """Multi-host start-up: the choice of how to call jax.distributed.initialize,
-from flags and SLURM/TPU environment variables, without initializing anything."""
+from flags and SLURM/TPU environment variables, without initializing anything;
+and the start-up flags every launcher shares."""
+import os
+import subprocess
+import sys
+
 import pytest
+from absl import flags as absl_flags
 
 from comd_jax import distributed as dist
 
@@ -71,3 +77,62 @@ def test_tpu_modes():
 def test_bad_settings_say_what_is_missing(kwargs, message):
     with pytest.raises(ValueError, match=message):
         dist.plan(env={}, **kwargs)
+
+
+# -- the launchers' shared start-up flags ---------------------------------------------------------
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCHERS = ("train.py", "eval.py", "serve_teacher.py")
+
+
+def parsed(*argv):
+    fv = absl_flags.FlagValues()
+    dist.define_flags(fv)
+    fv(["prog", *argv])
+    return fv
+
+
+def test_flags_to_plan():
+    assert dist.plan_from_flags(parsed(), env={}).kind == "single"
+    p = dist.plan_from_flags(parsed("--coordinator_address=10.0.0.2:1234", "--num_processes=3", "--process_id=2"),
+                             env={})
+    assert (p.kind, p.coordinator_address, p.num_processes, p.process_id) == ("explicit", "10.0.0.2:1234", 3, 2)
+    assert dist.multiprocess(p)
+    assert dist.plan_from_flags(parsed("--distributed=none"), env=SLURM_2x4).kind == "single"
+    assert dist.multiprocess(dist.plan_from_flags(parsed(), env=SLURM_2x4))
+    assert dist.multiprocess(dist.plan_from_flags(parsed("--distributed=tpu"), env={}))
+    one = dist.plan_from_flags(parsed("--coordinator_address=h:1", "--num_processes=1", "--process_id=0"), env={})
+    assert one.kind == "explicit" and not dist.multiprocess(one)
+    with pytest.raises(absl_flags.IllegalFlagValueError):
+        parsed("--distributed=mpi")
+
+
+def launch(script, *args):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
+    return subprocess.run([sys.executable, os.path.join(REPO, "launch", script), *args], env=env,
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+
+
+@pytest.mark.parametrize("script", LAUNCHERS)
+def test_every_launcher_takes_the_start_up_flags(script):
+    out = launch(script, "--helpfull").stdout
+    for name in ("--distributed", "--coordinator_address", "--num_processes", "--process_id"):
+        assert name in out, (script, name)
+
+
+def test_serve_refuses_a_multi_process_job_before_loading_anything():
+    proc = launch("serve_teacher.py", f"--config={REPO}/configs/comd.py:smoke", "--coordinator_address=127.0.0.1:1",
+                  "--num_processes=2", "--process_id=1")
+    assert proc.returncode != 0
+    assert "serves from one process on one host" in proc.stderr and "process 1 of 2" in proc.stderr
+
+
+def test_eval_reads_the_start_up_flags_first():
+    proc = launch("eval.py", f"--config={REPO}/configs/comd.py:smoke", "--checkpoint=/nonexistent",
+                  "--num_processes=2", "--process_id=0")
+    assert proc.returncode != 0 and "need --coordinator_address" in proc.stderr
+
+
+def test_the_teacher_server_child_is_one_process():
+    from comd_jax.serve.client import ServerProcess
+
+    assert "--distributed=none" in ServerProcess("cfg.py", workdir="w", port=1).args

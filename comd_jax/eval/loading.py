@@ -1,10 +1,18 @@
-"""From an experiment config and checkpoint paths to ready Answerers (what launch/eval.py needs)."""
+"""From an experiment config and checkpoint paths to ready Answerers (what launch/eval.py needs).
+
+One process: the model sits on one device, as it always has. Several processes
+(a multi-host job): the model is sharded over `config.mesh` across every host's
+devices, every process runs the same generation (it is collective), and only
+process 0 calls the judge and writes the results; the others score against a
+stand-in judge whose numbers are dropped.
+"""
 from __future__ import annotations
 
 import dataclasses
 import os
 from typing import Optional
 
+from comd_jax import multihost
 from comd_jax.eval.answerer import GreedyAnswerer
 from comd_jax.eval.checkpoints import is_transformers_dir, load_model
 
@@ -36,7 +44,7 @@ def make_answerer(config, model_section, checkpoint: str, workdir: str, *, max_n
     from comd_jax import stages
     from comd_jax.data.images import ImageProcessorConfig
 
-    model = load_model(checkpoint, config_lib.model_config(model_section))
+    model = load_model(checkpoint, config_lib.model_config(model_section), *_job_mesh(config))
     data = stages.stage_data(config, workdir)
     tokenizer_dir, image_config = data.tokenizer_dir, data.image_processor
     # A transformers directory saved with its tokenizer / processor brings its own.
@@ -46,6 +54,27 @@ def make_answerer(config, model_section, checkpoint: str, workdir: str, *, max_n
         image_config = ImageProcessorConfig.from_pretrained(checkpoint)
     return GreedyAnswerer(model, AutoTokenizer.from_pretrained(tokenizer_dir), image_config,
                           template=config.tune.template, max_new_tokens=max_new_tokens, batch_size=batch_size)
+
+
+def _job_mesh(config) -> tuple:
+    """(mesh, recipe) over every host's devices for a multi-host job; () for one process."""
+    import jax
+
+    if jax.process_count() == 1:
+        return ()
+    from comd_jax import config as config_lib
+    from comd_jax import sharding as shd
+
+    mesh_cfg = config_lib.mesh_config(config.mesh)
+    return shd.make_mesh(mesh_cfg.shape(jax.device_count())), mesh_cfg.recipe
+
+
+class _UnusedJudge:
+    """What processes other than 0 judge with: their generation must run (it is collective),
+    their scores are never written."""
+
+    def complete(self, messages) -> str:
+        return "5 5"
 
 
 def evaluate_checkpoint(config, checkpoint: str, benchmark: str, output: str, settings=None, *,
@@ -62,4 +91,8 @@ def evaluate_checkpoint(config, checkpoint: str, benchmark: str, output: str, se
     answerers = {"student": make_answerer(config, config.model, checkpoint, workdir, **kw)}
     if teacher_checkpoint:
         answerers["teacher"] = make_answerer(config, config.teacher, teacher_checkpoint, workdir, **kw)
-    return run_benchmark(benchmark, answerers, settings, output)
+    if multihost.is_writer():
+        return run_benchmark(benchmark, answerers, settings, output)
+    # Missing judge settings fail here as they do on process 0 (judge=None checks them).
+    judge = _UnusedJudge() if settings.judge_url and settings.judge_model else None
+    return run_benchmark(benchmark, answerers, settings, None, judge=judge)

@@ -146,8 +146,10 @@ class ServerProcess:
         self.model_name = model_name
         repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         launcher = os.path.join(repo, "launch", "serve_teacher.py")
+        # --distributed=none: the child is its own one-process JAX program, even when it inherits
+        # SLURM or TPU variables from a multi-host parent.
         self.args = [sys.executable, os.path.normpath(launcher), f"--config={config}", f"--port={self.port}",
-                     f"--workdir={workdir}", f"--model_name={model_name}", *extra_args]
+                     f"--workdir={workdir}", f"--model_name={model_name}", "--distributed=none", *extra_args]
         if checkpoint:
             self.args.append(f"--checkpoint={checkpoint}")
         if api_key:
