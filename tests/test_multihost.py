@@ -197,6 +197,14 @@ def test_greedy_decoding_of_a_model_spanning_both_processes(job):
     assert len(p0["generate"]["global"]) == 2 and len(p0["generate"]["global"][0]) == 6
 
 
+def test_rounds_refuse_an_object_store_workdir():
+    from comd_jax.distill import rounds
+
+    parts = rounds.Components(teacher=None, judge=None, augmentor=None, answer_student=None, tune=None)
+    with pytest.raises(ValueError, match="gcsfuse"):
+        rounds.Loop(rounds.DistillConfig(rounds=1), "gs://bucket/run", parts)
+
+
 def main(process_id: int, port: int, workdir: str, report: str):
     import jax
 
