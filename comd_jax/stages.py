@@ -7,6 +7,7 @@ template and its length buckets.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from typing import Callable
@@ -38,16 +39,16 @@ def world_dir(workdir: str) -> str:
 
 
 def _world(config, workdir: str) -> StageData:
-    from comd_jax.data.synthetic import builder, prepare, world
+    from comd_jax.data.synthetic import builder, world
 
     d = config.data
     spec = world.WorldSpec(seed=d.world_seed, image_size=d.image_size, num_captions=d.num_captions,
                            num_instructions=d.num_instructions, num_heldout=d.num_heldout)
-    root = world_dir(workdir)
-    files = prepare.prepare_world(root, spec, vocab_size=d.vocab_size)
     # Held-out captions come from a world with another seed: new scenes, same language.
     eval_spec = dataclasses.replace(spec, seed=spec.seed + 7919, num_captions=d.num_heldout, num_instructions=8,
                                     num_heldout=8)
+    root = world_dir(workdir)
+    files = prepare_world_once(root, spec, eval_spec, vocab_size=d.vocab_size, in_workdir="://" not in workdir)
 
     def source(split, folder=None):
         if split == HELDOUT_CAPTIONS:
@@ -55,6 +56,57 @@ def _world(config, workdir: str) -> StageData:
         return builder.source(spec, split, os.path.join(root, "tfds"))
 
     return StageData(files.tokenizer_dir, images.ImageProcessorConfig(size=spec.image_size), source)
+
+
+def prepare_world_once(root: str, spec, eval_spec, *, vocab_size: int, in_workdir: bool):
+    """The offline world in `root` (and its held-out captions, `root/tfds_heldout`), built once
+    per job; returns `prepare.prepare_world`'s files. Every process of the job calls it.
+
+    `in_workdir` (WORKDIR/world on a POSIX workdir, one filesystem every host sees when CoMD
+    rounds run): process 0 builds while the others wait at a barrier, then they call the same
+    build, which only reads what is already there. A process that finds no world after the
+    barrier (the workdir is a per-host local disk, which plain training stages allow) builds
+    its own copy rather than failing: the world is a pure function of its spec, so every host
+    still trains on the same examples, and no host reads a half-written world, since it either
+    waited for process 0's finished one or builds its own. Not `in_workdir` (a gs:// workdir:
+    the world lives in each host's local cache): every process builds at once, nobody waits.
+
+    Either way the build runs under a lock file in the host's temp dir, so processes that share
+    a host (one task per GPU) never build one folder at the same time. The held-out captions
+    are built here, eagerly (`num_heldout` examples, small), not on first use inside a
+    training stage, where every process would build them at once."""
+    from comd_jax import multihost
+    from comd_jax.data.synthetic import builder, prepare
+
+    def build():
+        with _host_lock(root):
+            files = prepare.prepare_world(root, spec, vocab_size=vocab_size)
+            builder.build(eval_spec, os.path.join(root, "tfds_heldout"))
+        return files
+
+    files = build() if multihost.is_writer() or not in_workdir else None
+    if in_workdir:  # the same on every process: all workdirs are paths, or all are URLs
+        multihost.barrier("comd_jax.stages: offline world built")
+        if files is None:
+            files = build()
+    return files
+
+
+@contextlib.contextmanager
+def _host_lock(root: str):
+    """An exclusive lock between the processes of one host, keyed by the folder's path."""
+    import fcntl
+    import hashlib
+    import tempfile
+
+    key = hashlib.sha256(os.path.abspath(root).encode()).hexdigest()[:16]
+    path = os.path.join(tempfile.gettempdir(), f"comd_jax-world-{key}.lock")
+    with contextlib.ExitStack() as stack:
+        try:
+            fcntl.flock(stack.enter_context(open(path, "a")), fcntl.LOCK_EX)
+        except OSError:  # no lock to be had (another user's file, no locks): go on unlocked, as before
+            pass
+        yield
 
 
 def _image_processor(d) -> images.ImageProcessorConfig:

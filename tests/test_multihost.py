@@ -127,24 +127,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def job(tmp_path_factory):
-    """(single-process reference, [process 0's report, process 1's report], the shared workdir)."""
-    sys.path.insert(0, HERE)
-    reference_dir = str(tmp_path_factory.mktemp("single"))
-    counts = Counts()
-    reference = {"state": run_loop(reference_dir, counts), "counts": counts, "dir": reference_dir}
-
-    shared = str(tmp_path_factory.mktemp("shared"))
+def run_job(script: str, args_for, logdir: str, n: int = 2, timeout: float = 120) -> None:
+    """Runs `python script <process id> <port> *args_for(process id)` for ids 0..n-1 as one
+    jax.distributed job on CPU over 127.0.0.1 (one device per process), with tests/ and the
+    repository on PYTHONPATH; fails with every process's log tail when one fails. The logs are
+    written to `logdir` while the job runs and removed after."""
     port = free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join([REPO, HERE]),
            "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    logs = [open(os.path.join(shared, f"log{i}.txt"), "w+") for i in range(2)]
-    procs = [subprocess.Popen([sys.executable, __file__, str(i), str(port), shared,
-                               os.path.join(shared, f"report{i}.json")],
-                              env=env, stdout=logs[i], stderr=subprocess.STDOUT) for i in range(2)]
-    # A process that fails leaves the other waiting in a collective: stop both at the first failure.
-    deadline = time.monotonic() + 120
+    logs = [open(os.path.join(logdir, f"log{i}.txt"), "w+") for i in range(n)]
+    procs = [subprocess.Popen([sys.executable, script, str(i), str(port), *args_for(i)],
+                              env=env, stdout=logs[i], stderr=subprocess.STDOUT) for i in range(n)]
+    # A process that fails leaves the others waiting in a collective: stop all at the first failure.
+    deadline = time.monotonic() + timeout
     while any(p.poll() is None for p in procs) and not any(p.poll() for p in procs) \
             and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -158,8 +153,20 @@ def job(tmp_path_factory):
         texts.append(log.read())
         log.close()
         os.remove(log.name)
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(
+    assert [p.returncode for p in procs] == [0] * n, "\n".join(
         f"process {i} exited {p.returncode}:\n{text[-4000:]}" for i, (p, text) in enumerate(zip(procs, texts)))
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    """(single-process reference, [process 0's report, process 1's report], the shared workdir)."""
+    sys.path.insert(0, HERE)
+    reference_dir = str(tmp_path_factory.mktemp("single"))
+    counts = Counts()
+    reference = {"state": run_loop(reference_dir, counts), "counts": counts, "dir": reference_dir}
+
+    shared = str(tmp_path_factory.mktemp("shared"))
+    run_job(__file__, lambda i: [shared, os.path.join(shared, f"report{i}.json")], logdir=shared)
     reports = []
     for i in range(2):
         with open(os.path.join(shared, f"report{i}.json")) as f:

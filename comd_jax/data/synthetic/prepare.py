@@ -4,7 +4,8 @@
 
 writes out/tfds (the TFDS dataset), out/llava (LLaVA JSON + PNG), out/tokenizer
 (transformers tokenizer with chat template) and out/image_processor
-(preprocessor_config.json). Reruns reuse what exists.
+(preprocessor_config.json). Reruns reuse what exists and write nothing
+when it is all there.
 """
 
 from __future__ import annotations
@@ -40,10 +41,21 @@ def prepare_world(
     if not os.path.exists(os.path.join(tokenizer_dir, "tokenizer.json")):
         tokenizer.build_world_tokenizer(spec, tokenizer_dir, vocab_size=vocab_size)
     processor_dir = os.path.join(out_dir, "image_processor")
-    os.makedirs(processor_dir, exist_ok=True)
-    with open(os.path.join(processor_dir, "preprocessor_config.json"), "w") as f:
-        json.dump(ImageProcessorConfig(size=spec.image_size).to_transformers_dict(), f, indent=2)
+    processor_json = os.path.join(processor_dir, "preprocessor_config.json")
+    processor = json.dumps(ImageProcessorConfig(size=spec.image_size).to_transformers_dict(), indent=2)
+    if _read(processor_json) != processor:  # a rerun over a finished world writes nothing
+        os.makedirs(processor_dir, exist_ok=True)
+        with open(processor_json, "w") as f:
+            f.write(processor)
     return WorldFiles(tfds_dir, llava_json, tokenizer_dir, processor_dir)
+
+
+def _read(path: str):
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> None:
