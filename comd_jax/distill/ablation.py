@@ -1,6 +1,7 @@
 """CoMD vs plain distillation, over several seeds, reported as mean ± spread.
 
   python -m comd_jax.distill.ablation --config=configs/comd.py:ablation --workdir=DIR
+      [--distributed=... as launch/train.py, on every host]
 
 Each (variant, seed) runs the whole default pipeline in DIR/<variant>/seed<k>.
 What a comparison must hold fixed is trained once and shared (symlinked):
@@ -8,7 +9,9 @@ What a comparison must hold fixed is trained once and shared (symlinked):
   a given model (trained with the first seed), and the seeds vary the student;
 - the student's warm-up stages, across the variants of one seed: both variants
   enter the rounds from the same student, so the rounds are all that differs.
-Everything resumes like a normal run.
+Everything resumes like a normal run. In a multi-host job every process runs
+this (the runs are collective); process 0 alone makes the links and writes
+ablation.json / ablation.md, and the others wait for the links at a barrier.
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ import os
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
+
+from comd_jax import multihost
 
 
 def _apply(config, overrides: dict):
@@ -41,7 +46,10 @@ def _apply(config, overrides: dict):
 
 
 def _share(src_root: str, dst: str, names=("world",)):
-    """Variants of one seed share the world and the teacher's checkpoints."""
+    """Variants of one seed share the world and the teacher's checkpoints. Process 0 links
+    (the workdir is shared); the caller's barrier makes the links visible to the others."""
+    if not multihost.is_writer():
+        return
     os.makedirs(os.path.join(dst, "checkpoints"), exist_ok=True)
     for name in names:
         src, link = os.path.join(src_root, name), os.path.join(dst, name)
@@ -66,31 +74,38 @@ def run_ablation(config, workdir: str) -> dict:
                 _share(first_run, run_dir, teacher)
             if first_of_seed is not None:
                 _share(first_of_seed, run_dir, student)
+            multihost.barrier(f"comd_jax.ablation: {name} seed {seed} linked")
             print(f"== ablation: {name}, seed {seed} -> {run_dir} ==", flush=True)
             out = run_comd(cfg, run_dir)
             first_run, first_of_seed = first_run or run_dir, first_of_seed or run_dir
             results.setdefault(name, []).append([r["student"]["mean"] for r in out["rounds"]])
     summary = {name: {"mean_by_round": np.mean(runs, axis=0).tolist(), "spread_by_round": np.std(runs, axis=0).tolist(),
                       "runs": runs} for name, runs in results.items()}
-    with open(os.path.join(workdir, "ablation.json"), "w") as f:
-        json.dump(summary, f, indent=2)
     lines = ["| variant | " + " | ".join(f"round {r}" for r in range(len(next(iter(results.values()))[0]))) + " |"]
     lines.append("| --- |" + " --- |" * (len(lines[0].split("|")) - 3))
     for name, s in summary.items():
         lines.append(f"| {name} | " + " | ".join(f"{m:.1f} ± {d:.1f}" for m, d in
                                                  zip(s["mean_by_round"], s["spread_by_round"])) + " |")
-    with open(os.path.join(workdir, "ablation.md"), "w") as f:
-        f.write("Held-out student score (mean over skills, %), mean ± std over seeds\n\n" + "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    if multihost.is_writer():
+        with open(os.path.join(workdir, "ablation.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        with open(os.path.join(workdir, "ablation.md"), "w") as f:
+            f.write("Held-out student score (mean over skills, %), mean ± std over seeds\n\n" + "\n".join(lines)
+                    + "\n")
+        print("\n".join(lines))
     return summary
 
 
 if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", None, "Experiment config (path:preset).", lock_config=True)
     flags.DEFINE_string("workdir", "workdir_ablation", "Output folder.")
+    from comd_jax import distributed
+
+    distributed.define_flags()  # multi-host start-up, as launch/train.py
 
     def main(argv):
         del argv
+        distributed.initialize_from_flags()  # before anything touches a JAX backend
         run_ablation(flags.FLAGS.config, flags.FLAGS.workdir)
 
     app.run(main)

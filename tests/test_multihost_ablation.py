@@ -1,0 +1,83 @@
+"""The ablation in a real two-process JAX job on CPU (tests/test_multihost.py's launcher), each
+run a stand-in that "trains" what its workdir lacks (on process 0, as a real run's collective
+checkpointing writes once): process 0 alone makes the shared links and writes ablation.json /
+ablation.md, process 1 sees every link before each run starts, and both return the same summary."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import test_multihost  # noqa: E402  (tests/ on the path first)
+
+CONFIG = {"seed": 0, "teacher_stages": ["teacher_stage0"], "stages": ["stage0"],
+          "distill": {"rounds": 2, "competitive": True, "seed_policy": "hard"},
+          "ablation": {"seeds": [0, 1], "variants": {"comd": {}, "plain": {"distill": {"competitive": False}}}}}
+PARTS = ("world", "checkpoints/teacher_stage0", "checkpoints/stage0")
+
+
+def test_process_0_links_and_writes_and_both_see_the_links(tmp_path):
+    root = str(tmp_path)
+    test_multihost.run_job(__file__, lambda i: [root, os.path.join(root, f"report{i}.json")], logdir=root,
+                           timeout=60)
+    p0, p1 = (json.load(open(os.path.join(root, f"report{i}.json"))) for i in range(2))
+    # What each run found in its workdir when it started, on either process.
+    assert p0["seen"] == p1["seen"] == [
+        ["comd/seed0", []],
+        ["plain/seed0", list(PARTS)],  # world, teacher and this seed's warm-up, linked
+        ["comd/seed1", list(PARTS[:2])],  # world and teacher only: its own warm-up
+        ["plain/seed1", list(PARTS)]]
+    assert p0["linked"] == 8 and p1["linked"] == 0
+    assert p0["written"] == ["ablation.json", "ablation.md"] and p1["written"] == []
+    assert p0["summary"] == p1["summary"] == json.load(open(os.path.join(root, "ablation.json")))
+    assert p0["summary"]["plain"]["runs"] == [[0.0, 1.0], [10.0, 11.0]]
+
+
+def main(process_id: int, port: int, root: str, report: str):
+    import builtins
+
+    import jax
+    from ml_collections import ConfigDict
+
+    from comd_jax import multihost
+    from comd_jax.distill import ablation, driver
+
+    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
+    seen, linked, written = [], [0], []
+
+    def fake_run(cfg, run_dir):
+        seen.append([os.path.relpath(run_dir, root),
+                     [p for p in PARTS if os.path.islink(os.path.join(run_dir, p))]])
+        if multihost.is_writer():
+            for part in PARTS:
+                os.makedirs(os.path.join(run_dir, part), exist_ok=True)
+        multihost.barrier(f"fake run {run_dir}")
+        score = 10.0 * cfg.seed + cfg.distill.competitive
+        return {"rounds": [{"student": {"mean": score + r}} for r in range(cfg.distill.rounds)]}
+
+    symlink, open_ = os.symlink, builtins.open
+
+    def counted_symlink(*args, **kwargs):
+        linked[0] += 1
+        return symlink(*args, **kwargs)
+
+    def recorded_open(path, mode="r", *args, **kwargs):
+        if "w" in mode and os.path.dirname(os.path.abspath(path)) == os.path.abspath(root):
+            written.append(os.path.basename(path))
+        return open_(path, mode, *args, **kwargs)
+
+    driver.run_comd, os.symlink = fake_run, counted_symlink
+    builtins.open = recorded_open
+    try:
+        summary = ablation.run_ablation(ConfigDict(CONFIG), root)
+    finally:
+        builtins.open = open_
+    with open(report, "w") as f:
+        json.dump({"seen": seen, "linked": linked[0], "written": sorted(written), "summary": summary}, f)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4])
