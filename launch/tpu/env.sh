@@ -29,3 +29,27 @@ GCLOUD_QR=(gcloud compute tpus queued-resources --project="$PROJECT" --zone="$ZO
 on_all_workers() {
   "${GCLOUD_TPU[@]}" ssh "$TPU_NAME" --worker=all --command="$1"
 }
+
+# Whether the run in WORKDIR has finished: it wrote its last file, WORKDIR/summary.json (training
+# stages only, distill.rounds=0: the end of comd_jax.run) or WORKDIR/report/results.json (a CoMD
+# run, which writes no summary.json). A gs:// WORKDIR is asked with `gcloud storage`; a path (the
+# gcsfuse / NFS mount CoMD rounds need) is looked at on worker 0, where the run wrote it. An
+# unreachable worker counts as not finished: the caller waits and asks again.
+FINISHED_FILES=(summary.json report/results.json)
+run_finished() {
+  local f
+  if [[ "$WORKDIR" == *://* ]]; then
+    for f in "${FINISHED_FILES[@]}"; do
+      if gcloud storage ls "$WORKDIR/$f" >/dev/null 2>&1; then return 0; fi
+    done
+    return 1
+  fi
+  local tests="" sep=""
+  for f in "${FINISHED_FILES[@]}"; do
+    tests+="$sep test -e '$WORKDIR/$f'"
+    sep=" ||"
+  done
+  # From where train.sh starts the run, for a relative WORKDIR.
+  "${GCLOUD_TPU[@]}" ssh "$TPU_NAME" --worker=0 --command="cd ~/$REMOTE_DIR 2>/dev/null;$tests" \
+    >/dev/null 2>&1 || return 1
+}
