@@ -82,7 +82,7 @@ def initial_pool(config, llava_json: str, answers: list) -> list:
 
 def _snapshot(config, workdir: str) -> str:
     path = os.path.join(workdir, "config.json")
-    if jax.process_index() == 0:
+    if multihost.is_writer():
         with open(path, "w") as f:
             f.write(config.to_json(indent=2))
     return f"{os.path.join(REPO, 'configs', 'snapshot.py')}:{path}"
@@ -211,7 +211,7 @@ def run_comd(config, workdir: str) -> dict:
         results.append(entry)
         by_round[f"round {r}"] = {"student": entry["student"], "teacher": entry["teacher"]}
     report_dir = os.path.join(workdir, "report")
-    if jax.process_index() == 0:
+    if multihost.is_writer():
         write_round_report(by_round, report_dir, title="CoMD on the offline world: held-out scores by round")
         with open(os.path.join(report_dir, "results.json"), "w") as f:
             json.dump({"rounds": results, "teacher_stages": teacher_summary, "student_stages": student_summary},
