@@ -71,6 +71,23 @@ def test_reference_judge_scales_metrics(pred, ref, metric, score):
     assert verdict.teacher == pytest.approx(score) and verdict.student == 10.0
 
 
+@pytest.mark.parametrize("skill,question,teacher,student,truth,scores", [
+    # The world's targets are sentences: the truth named (and no rival) counts.
+    ("colour", "What colour is the circle?", "The circle is red.", "The circle is blue.", "red", (10.0, 1.0)),
+    ("colour", "What colour is the circle?", "The circle is red or blue.", "Red.", "red", (1.0, 10.0)),
+    ("counting", "How many circles are there?", "There are 3 circles.", "There are 2 circles.", "3",
+     (10.0, 1.0)),
+    ("multiple_choice", "Which is larger?\nA. red circle\nB. blue square\nAnswer with the option's letter",
+     "B", "The answer is A.", "B", (10.0, 1.0)),
+    ("detailed_description", "Describe the image.", "There are 2 objects. A red circle.",
+     "There are 2 objects.", "There are 2 objects. A red circle.", (10.0, 1.0 + 9.0 * 8 / 11)),
+])
+def test_world_judge_scores_sentences_like_the_heldout_evaluation(skill, question, teacher, student, truth,
+                                                                   scores):
+    verdict = run(judges.WorldJudge().judge(question, teacher, student, reference=truth, skill=skill))
+    assert (verdict.teacher, verdict.student) == pytest.approx(scores)
+
+
 def test_selection_threshold_easy_share_and_wins():
     v = lambda t, s: judges.Verdict(t, s, [])
     verdicts = [v(9, 3), v(8, 7.5), v(5, 8), v(7, 6), judges.Verdict(None, None, ["?"]), v(6, 6)]

@@ -88,6 +88,10 @@ def test_rounds_grow_the_pool_with_provenance(uninterrupted):
     entries = pool.load(os.path.join(workdir, "distill", "train_pool.jsonl"))
     added = [e for e in entries if e.provenance.get("augmentor") == "procedural"]
     assert added and all(e.provenance["seed_id"] and e.provenance["round"] in (0, 1) for e in added)
+    # Fresh scenes are new instructions even though the world's question templates repeat
+    # their words: the text-novelty (ROUGE-L) filter is the LLM augmentor's, not this one's.
+    augments = [h for h in state["history"] if h["phase"] == "augment"]
+    assert all(h["near_duplicates"] == 0 and h["added"] == h["candidates"] > 0 for h in augments)
     selection = json.load(open(os.path.join(workdir, "distill", "round0_selection.json")))
     # The teacher's stand-in answers are wrong and the student is right on even ids: those are wins.
     assert set(selection["student_wins"]) == {e.id for e in entries[:12] if int(e.id[-1]) % 2 == 0}

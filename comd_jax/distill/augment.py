@@ -48,6 +48,7 @@ class Candidate:
 
 class Augmentor(Protocol):
     name: str
+    text_novelty: bool  # True: drop candidates whose words repeat the pool's (ROUGE-L > 0.7)
 
     async def propose(self, seeds: Sequence[PoolEntry], round_index: int, images: dict) -> list:
         """Candidates grown from `seeds` (images: seed id → data URLs for the LLM path)."""
@@ -100,6 +101,8 @@ class LLMAugmentor:
     max_tokens: int = 128
     temperature: float = 0.7
     name: str = "llm"
+    # New text about the seed's image: a candidate is new only if its words are (ROUGE-L).
+    text_novelty: bool = True
 
     async def propose(self, seeds: Sequence[PoolEntry], round_index: int, images: dict) -> list:
         out, rejected = [], {}
@@ -140,6 +143,9 @@ class ProceduralAugmentor:
     seed: int = 0
     name: str = "procedural"
     subdir: str = "aug"
+    # A fresh scene each time: the world's templated questions repeat their words, but
+    # about a new image they are a new instruction, so the ROUGE-L filter does not apply.
+    text_novelty: bool = False
 
     async def propose(self, seeds: Sequence[PoolEntry], round_index: int, images: dict) -> list:
         import os

@@ -22,7 +22,7 @@ from comd_jax import sharding as shd
 from comd_jax import stages as stages_lib
 from comd_jax.distill import pool as pool_lib
 from comd_jax.distill.augment import LLMAugmentor, ProceduralAugmentor
-from comd_jax.distill.judges import LLMJudge, ReferenceJudge
+from comd_jax.distill.judges import LLMJudge, WorldJudge
 from comd_jax.distill.protocol import Choice
 from comd_jax.distill.rounds import Components, DistillConfig, Loop
 from comd_jax.distill.selection import SelectionConfig
@@ -49,14 +49,10 @@ def distill_config(config) -> DistillConfig:
         selection=SelectionConfig(threshold=d.threshold, easy_keep=d.easy_keep, student_margin=d.student_margin))
 
 
-# Skills whose answers are checked as lettered choices, exact words, or overlap.
-REFERENCE_METRIC = {"multiple_choice": "letter", "counting": "exact", "existence": "exact", "colour": "exact",
-                    "shape": "exact", "comparison": "exact", "spatial_relation": "exact"}
-
-
 def _judge(config, client):
     table = {
-        "reference": lambda: ReferenceJudge(metric_for=lambda skill: REFERENCE_METRIC.get(skill, "f1")),
+        # Ground truth, scored as the held-out evaluation scores the world's skills.
+        "reference": WorldJudge,
         "llm": lambda: LLMJudge(ChoiceClient(client)),
     }
     return table[config.distill.judge]()

@@ -165,6 +165,23 @@ class ReferenceJudge:
         return Verdict(to_scale(metric(teacher, reference)), to_scale(metric(student, reference)), [])
 
 
+@dataclasses.dataclass
+class WorldJudge:
+    """The offline world's ground truth, scored as the held-out evaluation scores it
+    (comd_jax.eval.world_scoring): a full-sentence answer ("The circle is red.") counts
+    when it names the truth and no rival, options by letter, descriptions by token F1.
+    So "hard" in the rounds means what a lower held-out score means."""
+
+    async def judge(self, question: str, teacher: str, student: str, images: Sequence[str] = (), *,
+                    reference: str, skill: Optional[str] = None) -> Verdict:
+        from comd_jax.eval.world_scoring import score_turn
+
+        def score(answer: str) -> float:
+            return to_scale(score_turn(skill or "", answer, question, reference, reference))
+
+        return Verdict(score(teacher), score(student), [])
+
+
 async def judge_all(judge, items: Sequence[dict], concurrency: int = 8) -> list:
     """Judge many (question, teacher, student, ...) items with bounded concurrency, in order."""
     gate = asyncio.Semaphore(concurrency)

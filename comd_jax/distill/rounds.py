@@ -227,7 +227,8 @@ class Loop:
         # Novelty against the pool as it was before this round's augmentation (a resumed
         # phase must not count its own earlier additions as duplicates).
         before = [e.instruction for e in current if e.provenance.get("augmented_round") != r]
-        kept, dropped = filter_novel(candidates, before)
+        kept, dropped = filter_novel(candidates, before) \
+            if getattr(self.parts.augmentor, "text_novelty", True) else (candidates, 0)
         out = self.path("augment.jsonl", r)
         done = _done_ids(out)
         todo = [(f"r{r}-aug{k:05d}", c) for k, c in enumerate(kept) if f"r{r}-aug{k:05d}" not in done]
