@@ -123,12 +123,13 @@ def run_comd(config, workdir: str) -> dict:
     student_params, student_summary = train_stages(config, workdir, student_cfg, config.stages, data, tokenizer,
                                                    mesh, recipe)
 
-    def answerer(model_cfg, params):
+    def answerer(model_cfg, params, progress=None):
         graphdef, abstract = build.abstract_model(model_cfg, rules)
         return GreedyAnswerer(build.merge(graphdef, abstract, params), tokenizer, data.image_processor,
-                              max_new_tokens=config.distill.answer_max_tokens, batch_size=config.distill.gen_batch)
+                              max_new_tokens=config.distill.answer_max_tokens, batch_size=config.distill.gen_batch,
+                              progress=progress)
 
-    teacher_answerer = answerer(teacher_cfg, teacher_params)
+    teacher_answerer = answerer(teacher_cfg, teacher_params, progress="held-out: teacher")
     state = {"params": student_params, "round": None}
     tune_section = config.round_tune
 
@@ -162,7 +163,7 @@ def run_comd(config, workdir: str) -> dict:
             return [f.read()]
 
     def answer_student(r: int, entries):
-        model = answerer(student_cfg, student_params_for(r))
+        model = answerer(student_cfg, student_params_for(r), progress=f"round{r}_assess: student")
         return model.answer([ask(e.instruction, os.path.join(llava_dir, e.image) if e.image else None)
                              for e in entries])
 
@@ -193,7 +194,8 @@ def run_comd(config, workdir: str) -> dict:
     results, by_round = [], {}
     teacher_eval = evaluate_world({"teacher": teacher_answerer}, spec, limit=config.distill.eval_limit)
     for r in range(config.distill.rounds):
-        student_eval = evaluate_world({"student": answerer(student_cfg, student_params_for(r))}, spec,
+        student_eval = evaluate_world({"student": answerer(student_cfg, student_params_for(r),
+                                                           progress=f"held-out: student after round {r}")}, spec,
                                       limit=config.distill.eval_limit)
         models = {**teacher_eval["models"], **student_eval["models"]}
         history = [h for h in loop_state["history"] if h["round"] == r]

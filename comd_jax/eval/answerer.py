@@ -8,8 +8,9 @@ teacher can implement the same protocol later without touching evaluators.
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol, Sequence
+from typing import Optional, Protocol, Sequence
 
+import jax
 import numpy as np
 
 from comd_jax.data import images as images_lib
@@ -47,10 +48,11 @@ class GreedyAnswerer:
 
     def __init__(self, model, tokenizer, image_config: images_lib.ImageProcessorConfig, *,
                  template: str = "vicuna_v1", max_new_tokens: int = 64, batch_size: int = 8,
-                 length_multiple: int = 64):
+                 length_multiple: int = 64, progress: Optional[str] = None):
         self.model, self.tokenizer, self.image_config = model, tokenizer, image_config
         self.template = get_template(template)
         self.max_new_tokens, self.batch_size, self.length_multiple = max_new_tokens, batch_size, length_multiple
+        self.progress = progress  # a label: show a progress bar (process 0) while answering
         self.image_id = image_token_id(tokenizer)
         self.pad_id = _pad_id(tokenizer)
         self.num_image_tokens = model.cfg.num_image_tokens if model.cfg.vision is not None else 0
@@ -72,8 +74,17 @@ class GreedyAnswerer:
 
     def answer(self, requests: Sequence[Request]) -> list[str]:
         replies: list[str] = []
+        bar = None
+        if self.progress and jax.process_index() == 0:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(requests), desc=self.progress, unit="answer", dynamic_ncols=True)
         for start in range(0, len(requests), self.batch_size):
             replies += self._batch([self.encode(r) for r in requests[start:start + self.batch_size]])
+            if bar is not None:
+                bar.update(min(self.batch_size, len(requests) - start))
+        if bar is not None:
+            bar.close()
         return replies
 
     def _batch(self, encoded: list) -> list[str]:
