@@ -88,6 +88,7 @@ def run_comd(config, workdir: str) -> dict:
     from transformers import AutoTokenizer
 
     from comd_jax.eval.answerer import GreedyAnswerer, ask
+    from comd_jax.eval.image_reliance import image_reliance
     from comd_jax.eval.loading import world_spec
     from comd_jax.eval.report import write_round_report
     from comd_jax.eval.synthetic import evaluate_world
@@ -193,6 +194,10 @@ def run_comd(config, workdir: str) -> dict:
     print("== evaluation after every round ==", flush=True)
     results, by_round = [], {}
     teacher_eval = evaluate_world({"teacher": teacher_answerer}, spec, limit=config.distill.eval_limit)
+    # Held-out instructions (config.tune's eval split): does each model look at the images?
+    heldout = stages_lib.eval_batches(data, config.tune, tokenizer, student_cfg.num_image_tokens)
+    reliance = {"teacher": image_reliance(teacher_answerer.model, heldout())}
+    print(f"teacher image reliance: {_reliance_line(reliance['teacher'])}", flush=True)
     for r in range(config.distill.rounds):
         student_eval = evaluate_world({"student": answerer(student_cfg, student_params_for(r),
                                                            progress=f"held-out: student after round {r}")}, spec,
@@ -205,16 +210,26 @@ def run_comd(config, workdir: str) -> dict:
                  "hard": next((h.get("hard") for h in history if h["phase"] == "select"), None),
                  "student_wins": next((h.get("student_wins") for h in history if h["phase"] == "select"), None),
                  "added": next((h.get("added") for h in history if h["phase"] == "augment"), None),
-                 "student_params_sha256": params_fingerprint(student_params_for(r))}
+                 "student_params_sha256": params_fingerprint(student_params_for(r)),
+                 "student_image_reliance": image_reliance(answerer(student_cfg, student_params_for(r)).model,
+                                                          heldout())}
+        print(f"student after round {r}: held-out mean {entry['student']['mean']:.2f} "
+              f"(teacher {entry['teacher']['mean']:.2f}); image reliance "
+              f"{_reliance_line(entry['student_image_reliance'])}", flush=True)
         results.append(entry)
         by_round[f"round {r}"] = {"student": entry["student"], "teacher": entry["teacher"]}
     report_dir = os.path.join(workdir, "report")
     if multihost.is_writer():
         write_round_report(by_round, report_dir, title="CoMD on the offline world: held-out scores by round")
         with open(os.path.join(report_dir, "results.json"), "w") as f:
-            json.dump({"rounds": results, "teacher_stages": teacher_summary, "student_stages": student_summary},
-                      f, indent=2)
+            json.dump({"rounds": results, "teacher_image_reliance": reliance["teacher"],
+                       "teacher_stages": teacher_summary, "student_stages": student_summary}, f, indent=2)
     return {"rounds": results}
+
+
+def _reliance_line(r: dict) -> str:
+    return (f"held-out loss {r['loss']:.4f} with its own images, {r['loss_other_images']:.4f} with another "
+            f"example's (gap {r['gap']:+.4f}; about 0 = the model answers without looking)")
 
 
 class _teacher_endpoint:

@@ -1,0 +1,51 @@
+"""The image-reliance probe: a model whose image features cannot depend on the
+picture scores the same with another example's image (gap exactly 0); a model
+that reads its images does not."""
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from comd_jax.eval.image_reliance import image_reliance
+from comd_jax.models.build import build_model
+from comd_jax.models.config import DecoderConfig, VisionConfig, VLMConfig
+
+IMAGE, PATCHES = 4, 16
+
+
+def model():
+    cfg = VLMConfig(text=DecoderConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_layers=2,
+                                       num_heads=4, num_kv_heads=2, max_position_embeddings=128),
+                    vision=VisionConfig(hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
+                                        image_size=16, patch_size=4),
+                    image_token_id=IMAGE, projector="linear")
+    return build_model(cfg, seed=1)
+
+
+def batches(n=2, rows=3):
+    rng = np.random.default_rng(0)
+    for _ in range(n):
+        text = rng.integers(10, 96, size=(rows, 12))
+        ids = np.concatenate([np.full((rows, PATCHES), IMAGE), text], axis=1).astype(np.int32)
+        loss_mask = np.concatenate([np.zeros((rows, PATCHES)), np.ones((rows, 12))], axis=1).astype(bool)
+        yield {"input_ids": ids, "attention_mask": np.ones_like(ids), "loss_mask": loss_mask,
+               "pixel_values": rng.normal(size=(rows, 1, 16, 16, 3)).astype(np.float32)}
+
+
+def test_a_model_that_reads_its_images_loses_with_others():
+    out = image_reliance(model(), batches())
+    assert out["tokens"] == 2 * 3 * 12
+    assert abs(out["gap"]) > 1e-4 and out["gap"] == pytest.approx(out["loss_other_images"] - out["loss"])
+
+
+def test_a_model_blind_to_its_images_has_no_gap():
+    blind = model()
+    kernel = blind.projector.layers[0].kernel
+    kernel.value = jnp.zeros_like(kernel.value)  # every image becomes the projector's bias
+    out = image_reliance(blind, batches())
+    assert out["gap"] == 0.0 and out["loss"] == out["loss_other_images"]
+
+
+def test_no_usable_batch_is_an_error():
+    one_row = (dict(b, pixel_values=b["pixel_values"][:1]) for b in batches(rows=1))
+    with pytest.raises(ValueError, match="two or more rows"):
+        image_reliance(model(), one_row)
