@@ -1,33 +1,105 @@
 """One tiny CoMD round end to end: world, teacher trained and served by our server
 in its own process, student stages, tune → assess → select → augment, per-round
-evaluation and the report."""
+evaluation and the report. Then the same run SIGKILLed inside assessment and
+again inside augmentation, resumed each time, must end exactly where the
+uninterrupted run did: same pools, same student parameters, same report."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
+import pytest
+
 from tests._multidevice import REPO
 
+CONFIG = f"--config={os.path.join(REPO, 'configs', 'comd.py')}:smoke"
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
 
-def test_smoke_preset_runs_the_whole_method(tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "launch", "train.py"),
-                           f"--config={os.path.join(REPO, 'configs', 'comd.py')}:smoke", f"--workdir={tmp_path}"],
-                          env=env, capture_output=True, text=True, timeout=1200)
+
+TWO_ROUNDS = "--config.distill.rounds=2"  # round 1 trains on what round 0's assessment grew
+
+
+def launch(workdir, prefix, *flags):
+    return subprocess.run([sys.executable, *prefix, CONFIG, f"--workdir={workdir}", *flags], env=ENV,
+                          capture_output=True, text=True, timeout=1200)
+
+
+def train(workdir, *flags):
+    proc = launch(workdir, [os.path.join(REPO, "launch", "train.py")], *flags)
     assert proc.returncode == 0, proc.stderr[-6000:]
-    report = tmp_path / "report"
+    return proc
+
+
+def killed(workdir, phase, after):
+    proc = launch(workdir, [os.path.join(REPO, "tests", "_killed_run.py"), phase, str(after), "--"], TWO_ROUNDS)
+    assert proc.returncode == -9, (proc.returncode, proc.stderr[-6000:])
+
+
+def lines(path):
+    return [json.loads(line) for line in open(path)]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("smoke")
+    train(workdir)
+    return workdir
+
+
+def test_smoke_preset_runs_the_whole_method(smoke):
+    report = smoke / "report"
     for name in ("report.md", "results.json", "score_by_round.png", "per_skill.png"):
         assert (report / name).stat().st_size > 0, name
-    rounds = json.load(open(report / "results.json"))["rounds"]
+    results = json.load(open(report / "results.json"))
+    rounds = results["rounds"]
     assert [r["round"] for r in rounds] == [0]
+    for reliance in (results["teacher_image_reliance"], rounds[0]["student_image_reliance"]):
+        assert reliance["tokens"] > 0 and reliance["gap"] == pytest.approx(
+            reliance["loss_other_images"] - reliance["loss"])
     r0 = rounds[0]
     assert set(r0["student"]) >= {"colour", "counting", "multiple_choice", "mean"}
     assert set(r0["teacher"]) == set(r0["student"])
     assert r0["pool_size"] == 12 and r0["hard"] is not None and len(r0["student_params_sha256"]) == 64
-    state = json.load(open(tmp_path / "distill" / "state.json"))
+    state = json.load(open(smoke / "distill" / "state.json"))
     assert [h["phase"] for h in state["history"]] == ["tune", "assess", "select", "augment"]
-    assessed = [json.loads(l) for l in open(tmp_path / "distill" / "round0_assess.jsonl")]
+    assessed = lines(smoke / "distill" / "round0_assess.jsonl")
     assert len(assessed) == 12 and all(a["scores"]["teacher"] is not None for a in assessed)
     # The teacher answered through the real server: every pool target came back over HTTP.
-    pool = [json.loads(l) for l in open(tmp_path / "distill" / "train_pool.jsonl")]
+    pool = lines(smoke / "distill" / "train_pool.jsonl")
     assert all(p["provenance"]["answered_by"] in ("teacher", "student") for p in pool)
+    assert len(lines(smoke / "distill" / "round0_augment.jsonl")) >= 4  # enough to die in the middle of
+
+
+def test_killed_in_assessment_and_augmentation_resumes_to_the_same_end(smoke, tmp_path):
+    train(smoke, TWO_ROUNDS)  # the reference: the finished smoke run given one more round
+    # A second run of the same experiment: the world, the cached teacher and the student's
+    # warm-up stages are on disk already (as after a kill during the rounds); only the
+    # rounds and the evaluation are redone, and they are what this test is about.
+    shutil.copytree(smoke / "world", tmp_path / "world")
+    for stage in ("teacher_pretrain", "teacher_tune", "stage0", "stage1", "tune"):
+        shutil.copytree(smoke / "checkpoints" / stage, tmp_path / "checkpoints" / stage)
+
+    killed(tmp_path, "assess", 2)  # batch 1 of 3 saved, batch 2 judged but lost
+    state = json.load(open(tmp_path / "distill" / "state.json"))
+    assert (state["round"], state["phase"]) == (0, "assess")
+    assert len(lines(tmp_path / "distill" / "round0_assess.jsonl")) == 4
+
+    killed(tmp_path, "augment", 2)  # resumes the assessment, then dies with 2 new answers saved
+    state = json.load(open(tmp_path / "distill" / "state.json"))
+    assert (state["round"], state["phase"]) == (0, "augment")
+    partial = lines(tmp_path / "distill" / "round0_augment.jsonl")
+    assert 2 <= len(partial) < len(lines(smoke / "distill" / "round0_augment.jsonl"))
+
+    train(tmp_path, TWO_ROUNDS)
+    for name in ("train_pool.jsonl",):
+        assert lines(tmp_path / "distill" / name) == lines(smoke / "distill" / name)
+    by_id = lambda path: {r["id"]: r for r in lines(path)}
+    for name in ("round0_assess.jsonl", "round0_augment.jsonl", "round1_assess.jsonl", "round1_augment.jsonl"):
+        assert by_id(tmp_path / "distill" / name) == by_id(smoke / "distill" / name), name
+    assert json.load(open(tmp_path / "distill" / "round0_selection.json")) == \
+        json.load(open(smoke / "distill" / "round0_selection.json"))
+    ours, reference = (json.load(open(d / "report" / "results.json"))["rounds"] for d in (tmp_path, smoke))
+    assert len(ours) == 2
+    assert [r["student_params_sha256"] for r in ours] == [r["student_params_sha256"] for r in reference]
+    assert ours == reference  # scores, pool sizes, hard counts: the whole per-round report
