@@ -66,3 +66,19 @@ def test_notebook_code_cells_run_on_cpu(tmp_path):
     assert "| tune |" in proc.stdout  # the summary table, one row per stage
     assert "no report yet" in proc.stdout  # the missing report is said, not a crash
     assert (tmp_path / "run" / "summary.json").exists()
+
+
+def test_stage_table_after_a_comd_run_comes_from_the_report(tmp_path, capsys):
+    """A CoMD run (the smoke preset's rounds) writes report/results.json and no summary.json;
+    the stage table must read it rather than say the run did not finish."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    cell = next(source for source in _runnable_cells(nb) if "def summary_table" in source)
+    (tmp_path / "report").mkdir()
+    stage = lambda name: {"stage": name, "eval_before": {"loss": 7.0, "accuracy": 0.0},
+                          "eval_after": {"loss": 0.5, "accuracy": 0.75}}
+    (tmp_path / "report" / "results.json").write_text(json.dumps(
+        {"rounds": [], "teacher_stages": [stage("teacher_tune")], "student_stages": [stage("tune")]}))
+    exec(cell, {"json": json, "os": os, "WORKDIR": str(tmp_path)})
+    out = capsys.readouterr().out
+    assert "| teacher_tune | 7.000 → 0.500 | 0.00 → 0.75 |" in out and "| tune |" in out
+    assert "did not finish" not in out
