@@ -60,8 +60,11 @@ def test_smoke_preset_runs_the_whole_method(smoke):
     r0 = rounds[0]
     assert set(r0["student"]) >= {"colour", "counting", "multiple_choice", "mean"}
     assert set(r0["teacher"]) == set(r0["student"])
-    assert r0["pool_size"] == 12 and r0["hard"] is not None and len(r0["student_params_sha256"]) == 64
     state = json.load(open(smoke / "distill" / "state.json"))
+    tuned = state["history"][0]
+    # 12 instructions; one the smoke teacher answered with nothing is left out of the training set.
+    assert r0["pool_size"] == tuned["train_pool"] == 12 - tuned["empty_targets"] >= 8
+    assert r0["hard"] is not None and len(r0["student_params_sha256"]) == 64
     assert [h["phase"] for h in state["history"]] == ["tune", "assess", "select", "augment"]
     assessed = lines(smoke / "distill" / "round0_assess.jsonl")
     assert len(assessed) == 12 and all(a["scores"]["teacher"] is not None for a in assessed)

@@ -16,6 +16,20 @@ from PIL import Image
 from comd_jax.serve.client import ChatClient, ClientConfig, RequestRejected, ServerProcess, TeacherUnavailable, \
     free_port, user_message
 
+def image_tokens() -> int:
+    """The smoke teacher's image tokens per image, from the config the server runs."""
+    import importlib.util
+    import os
+
+    from comd_jax import config as config_lib
+    from tests._multidevice import REPO
+
+    spec = importlib.util.spec_from_file_location("comd_config", os.path.join(REPO, "configs", "comd.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return config_lib.model_config(module.get_config("smoke").teacher).num_image_tokens
+
+
 KEY = "test-key"
 MODEL = "comd-teacher"
 
@@ -63,8 +77,10 @@ def test_image_requests(client):
     one = ask(client, "Describe the image.", [png()], temperature=0)
     two = ask(client, "Compare them.", [png(), png(40, 20, seed=1)], temperature=0)
     plain = ask(client, "Describe the image.", temperature=0)
-    assert plain.usage.prompt_tokens + 64 < one.usage.prompt_tokens <= plain.usage.prompt_tokens + 66  # 64 patches
-    assert two.usage.prompt_tokens > one.usage.prompt_tokens + 64
+    patches = image_tokens()
+    # One image adds its patch tokens plus the "<image>\n" text around them.
+    assert plain.usage.prompt_tokens + patches < one.usage.prompt_tokens <= plain.usage.prompt_tokens + patches + 2
+    assert two.usage.prompt_tokens > one.usage.prompt_tokens + patches
 
 
 def test_n_and_seeds(client):
