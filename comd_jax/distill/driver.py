@@ -124,9 +124,12 @@ def run_comd(config, workdir: str) -> dict:
     student_params, student_summary = train_stages(config, workdir, student_cfg, config.stages, data, tokenizer,
                                                    mesh, recipe)
 
-    def answerer(model_cfg, params, progress=None):
+    def model_of(model_cfg, params):
         graphdef, abstract = build.abstract_model(model_cfg, rules)
-        return GreedyAnswerer(build.merge(graphdef, abstract, params), tokenizer, data.image_processor,
+        return build.merge(graphdef, abstract, params)
+
+    def answerer(model_cfg, params, progress=None):
+        return GreedyAnswerer(model_of(model_cfg, params), tokenizer, data.image_processor,
                               max_new_tokens=config.distill.answer_max_tokens, batch_size=config.distill.gen_batch,
                               progress=progress)
 
@@ -211,7 +214,7 @@ def run_comd(config, workdir: str) -> dict:
                  "student_wins": next((h.get("student_wins") for h in history if h["phase"] == "select"), None),
                  "added": next((h.get("added") for h in history if h["phase"] == "augment"), None),
                  "student_params_sha256": params_fingerprint(student_params_for(r)),
-                 "student_image_reliance": image_reliance(answerer(student_cfg, student_params_for(r)).model,
+                 "student_image_reliance": image_reliance(model_of(student_cfg, student_params_for(r)),
                                                           heldout())}
         print(f"student after round {r}: held-out mean {entry['student']['mean']:.2f} "
               f"(teacher {entry['teacher']['mean']:.2f}); image reliance "
