@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Optional
 
 import jax
 import numpy as np
@@ -59,19 +60,21 @@ def check_tokenizer(tokenizer, model_cfg, section_name: str = "model"):
 
 
 def train_stages(config, workdir: str, model_cfg, stage_names, data, tokenizer, mesh, recipe: str,
-                 params=None, prefix: str = "") -> tuple:
+                 params=None, prefix: str = "", seed: Optional[int] = None) -> tuple:
     """Train `model_cfg` through the named stage sections in order; (params, summaries).
 
-    Each stage resumes from its own checkpoints under `workdir/checkpoints/<prefix><stage>`."""
+    Each stage resumes from its own checkpoints under `workdir/checkpoints/<prefix><stage>`.
+    `seed` (default `config.seed`) drives init, data order and dropout of these stages."""
+    seed = config.seed if seed is None else seed
     summaries = []
     for name in stage_names:
         section = config[name]
         stage = stage_config(prefix + name, section)
         train_data = stages_lib.train_pipeline(data, section, tokenizer, model_cfg.num_image_tokens,
-                                               seed=config.seed)
+                                               seed=seed)
         eval_data = stages_lib.eval_batches(data, section, tokenizer, model_cfg.num_image_tokens)
         with train_data:
-            state, summary = train_stage(stage, model_cfg, mesh, recipe, config.seed, workdir,
+            state, summary = train_stage(stage, model_cfg, mesh, recipe, seed, workdir,
                                          train_data, eval_data, init_params=params,
                                          flops_per_step=_flops_per_step(model_cfg, section))
         params = state.params

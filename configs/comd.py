@@ -128,6 +128,7 @@ def _default():
     c.tune = _stage(learning_rate=1e-3, global_batch=16, total_steps=300)
     # The tiny teacher: trained once on the world (same stages, all parts), cached in the workdir.
     c.teacher_stages = ("teacher_pretrain", "teacher_tune")
+    c.teacher_seed = -1  # -1: config.seed; the ablation fixes it so that every seed shares one teacher
     c.teacher_pretrain = _caption_stage(learning_rate=1e-3, trainable=(".*",), global_batch=16, total_steps=150)
     c.teacher_tune = _stage(learning_rate=1e-3, trainable=(".*",), global_batch=16, total_steps=320)
     # Each round's instruction tuning of the student on the train pool.

@@ -51,6 +51,7 @@ def test_ablation_trains_the_teacher_once_and_each_seeds_warm_up_once(tmp_path, 
     trained = []
 
     def fake_run(cfg, run_dir):
+        assert cfg.teacher_seed == 0  # the trainer refuses a checkpoint made with another seed
         for part in ("world",) + tuple(f"checkpoints/{s}" for s in cfg.teacher_stages + cfg.stages):
             path = os.path.join(run_dir, part)
             if not os.path.exists(path):

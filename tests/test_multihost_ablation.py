@@ -13,7 +13,7 @@ sys.path.insert(0, HERE)
 
 import test_multihost  # noqa: E402  (tests/ on the path first)
 
-CONFIG = {"seed": 0, "teacher_stages": ["teacher_stage0"], "stages": ["stage0"],
+CONFIG = {"seed": 0, "teacher_seed": -1, "teacher_stages": ["teacher_stage0"], "stages": ["stage0"],
           "distill": {"rounds": 2, "competitive": True, "seed_policy": "hard"},
           "ablation": {"seeds": [0, 1], "variants": {"comd": {}, "plain": {"distill": {"competitive": False}}}}}
 PARTS = ("world", "checkpoints/teacher_stage0", "checkpoints/stage0")

@@ -69,7 +69,9 @@ def run_ablation(config, workdir: str) -> dict:
         first_of_seed = None
         for name, overrides in variants.items():
             run_dir = os.path.join(workdir, name, f"seed{seed}")
-            cfg = _apply(config, {"seed": seed, **overrides})
+            # One teacher for all: trained with the first seed, whatever this run's seed.
+            teacher_seed = config.teacher_seed if config.teacher_seed >= 0 else config.ablation.seeds[0]
+            cfg = _apply(config, {"seed": seed, "teacher_seed": teacher_seed, **overrides})
             if first_run is not None:
                 _share(first_run, run_dir, teacher)
             if first_of_seed is not None:

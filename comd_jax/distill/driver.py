@@ -118,7 +118,7 @@ def run_comd(config, workdir: str) -> dict:
 
     print("== teacher (trained once, cached in the workdir) ==", flush=True)
     teacher_params, teacher_summary = train_stages(config, workdir, teacher_cfg, config.teacher_stages, data,
-                                                   tokenizer, mesh, recipe)
+                                                   tokenizer, mesh, recipe, seed=teacher_seed(config))
     teacher_ckpt = os.path.join(workdir, "checkpoints", config.teacher_stages[-1])
     print("== student warm-up ==", flush=True)
     student_params, student_summary = train_stages(config, workdir, student_cfg, config.stages, data, tokenizer,
@@ -228,6 +228,11 @@ def run_comd(config, workdir: str) -> dict:
             json.dump({"rounds": results, "teacher_image_reliance": reliance["teacher"],
                        "teacher_stages": teacher_summary, "student_stages": student_summary}, f, indent=2)
     return {"rounds": results}
+
+
+def teacher_seed(config) -> int:
+    """The teacher's own seed (config.teacher_seed), or the run's when that is -1."""
+    return config.seed if config.get("teacher_seed", -1) < 0 else config.teacher_seed
 
 
 def _reliance_line(r: dict) -> str:
