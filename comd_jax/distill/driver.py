@@ -198,8 +198,10 @@ def run_comd(config, workdir: str) -> dict:
     results, by_round = [], {}
     teacher_eval = evaluate_world({"teacher": teacher_answerer}, spec, limit=config.distill.eval_limit)
     # Held-out instructions (config.tune's eval split): does each model look at the images?
-    heldout = stages_lib.eval_batches(data, config.tune, tokenizer, student_cfg.num_image_tokens)
-    reliance = {"teacher": image_reliance(teacher_answerer.model, heldout())}
+    def heldout(model_cfg):  # its own image-token count: teacher and student may differ
+        return stages_lib.eval_batches(data, config.tune, tokenizer, model_cfg.num_image_tokens)()
+
+    reliance = {"teacher": image_reliance(teacher_answerer.model, heldout(teacher_cfg))}
     print(f"teacher image reliance: {_reliance_line(reliance['teacher'])}", flush=True)
     for r in range(config.distill.rounds):
         student_eval = evaluate_world({"student": answerer(student_cfg, student_params_for(r),
@@ -215,7 +217,7 @@ def run_comd(config, workdir: str) -> dict:
                  "added": next((h.get("added") for h in history if h["phase"] == "augment"), None),
                  "student_params_sha256": params_fingerprint(student_params_for(r)),
                  "student_image_reliance": image_reliance(model_of(student_cfg, student_params_for(r)),
-                                                          heldout())}
+                                                          heldout(student_cfg))}
         print(f"student after round {r}: held-out mean {entry['student']['mean']:.2f} "
               f"(teacher {entry['teacher']['mean']:.2f}); image reliance "
               f"{_reliance_line(entry['student_image_reliance'])}", flush=True)
