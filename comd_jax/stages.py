@@ -14,7 +14,7 @@ from typing import Callable
 
 import jax
 
-from comd_jax.data import images, pipeline
+from comd_jax.data import images, mixture, pipeline
 from comd_jax.data.llava_json import LlavaJsonSource
 from comd_jax.data.tfds_source import TfdsSource
 
@@ -151,7 +151,8 @@ def train_pipeline(data: StageData, section, tokenizer, num_image_tokens: int, s
     per_host = section.global_batch // jax.process_count()
     cfg = pipeline.PipelineConfig(batch_size=per_host, length_buckets=tuple(section.length_buckets),
                                   max_images=section.max_images, seed=seed, strict=section.strict_data)
-    return pipeline.make_pipeline(data.source(section.data, section.image_folder), template=section.template,
+    source = mixture.resolve(section.data, lambda name: data.source(name, section.image_folder))
+    return pipeline.make_pipeline(source, template=section.template,
                                   tokenizer=tokenizer, image_config=data.image_processor,
                                   num_image_tokens=num_image_tokens, config=cfg)
 
