@@ -38,12 +38,21 @@ def world_dir(workdir: str) -> str:
     return os.path.join(os.path.expanduser("~/.cache/comd_jax"), workdir.split("://", 1)[1].strip("/"), "world")
 
 
+def world_spec(data_config):
+    """The offline world a config's `data` section describes."""
+    from comd_jax.data.synthetic import world
+
+    d = data_config
+    return world.WorldSpec(seed=d.world_seed, image_size=d.image_size, num_captions=d.num_captions,
+                           num_instructions=d.num_instructions, num_heldout=d.num_heldout,
+                           max_objects=d.get("max_objects", world.WorldSpec.max_objects))
+
+
 def _world(config, workdir: str) -> StageData:
     from comd_jax.data.synthetic import builder, world
 
     d = config.data
-    spec = world.WorldSpec(seed=d.world_seed, image_size=d.image_size, num_captions=d.num_captions,
-                           num_instructions=d.num_instructions, num_heldout=d.num_heldout)
+    spec = world_spec(d)
     # Held-out captions come from a world with another seed: new scenes, same language.
     eval_spec = dataclasses.replace(spec, seed=spec.seed + 7919, num_captions=d.num_heldout, num_instructions=8,
                                     num_heldout=8)

@@ -58,7 +58,7 @@ def _stage(**kw):
 
 def _world_data(**kw):
     base = dict(kind="world", world_seed=0, image_size=32, num_captions=2000, num_instructions=4000,
-                num_heldout=450, vocab_size=1024,
+                num_heldout=450, vocab_size=1024, max_objects=5,  # objects per scene: 1..max_objects
                 # for kind=llava_json / tfds: tokenizer and image-processor directories, TFDS name
                 tokenizer="", image_processor="", name="", data_dir="")
     base.update(kw)

@@ -72,3 +72,16 @@ def test_ablation_trains_the_teacher_once_and_each_seeds_warm_up_once(tmp_path, 
     assert summary["plain"]["runs"][1] == [10.0, 11.0, 12.0, 13.0]
     rows = [line for line in (tmp_path / "ablation.md").read_text().splitlines() if line.startswith("| comd")]
     assert rows == ["| comd | 11.0 ± 8.2 | 12.0 ± 8.2 | 13.0 ± 8.2 | 14.0 ± 8.2 |"]
+
+
+def test_world_spec_is_read_from_the_data_section_in_one_place():
+    from comd_jax import stages
+    from comd_jax.eval.loading import world_spec
+
+    config = _module().get_config("default")
+    config.data.max_objects = 2
+    spec = stages.world_spec(config.data)
+    assert (spec.max_objects, spec.num_instructions, spec.image_size) == (2, 4000, 32)
+    assert world_spec(config) == spec  # the evaluation and the augmentor see the same world
+    del config.data["max_objects"]  # a config.json written before the field existed
+    assert stages.world_spec(config.data).max_objects == 5

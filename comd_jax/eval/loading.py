@@ -29,11 +29,9 @@ def world_spec(config):
     """The config's offline world (None unless config.data.kind == 'world')."""
     if config.data.kind != "world":
         return None
-    from comd_jax.data.synthetic import world
+    from comd_jax import stages
 
-    d = config.data
-    return world.WorldSpec(seed=d.world_seed, image_size=d.image_size, num_captions=d.num_captions,
-                           num_instructions=d.num_instructions, num_heldout=d.num_heldout)
+    return stages.world_spec(config.data)
 
 
 def make_answerer(config, model_section, checkpoint: str, workdir: str, *, max_new_tokens: int = 64,
