@@ -156,12 +156,16 @@ def stage_data(config, workdir: str) -> StageData:
     return SOURCES[kind](config, workdir)
 
 
+def _source(data: StageData, spec: str, image_folder):
+    """A stage's `data`/`eval_data`: one split or file, or a mix of slices ("a[:256]+b")."""
+    return mixture.resolve(spec, lambda name: data.source(name, image_folder))
+
+
 def train_pipeline(data: StageData, section, tokenizer, num_image_tokens: int, seed: int):
     per_host = section.global_batch // jax.process_count()
     cfg = pipeline.PipelineConfig(batch_size=per_host, length_buckets=tuple(section.length_buckets),
                                   max_images=section.max_images, seed=seed, strict=section.strict_data)
-    source = mixture.resolve(section.data, lambda name: data.source(name, section.image_folder))
-    return pipeline.make_pipeline(source, template=section.template,
+    return pipeline.make_pipeline(_source(data, section.data, section.image_folder), template=section.template,
                                   tokenizer=tokenizer, image_config=data.image_processor,
                                   num_image_tokens=num_image_tokens, config=cfg)
 
@@ -173,7 +177,7 @@ def eval_batches(data: StageData, section, tokenizer, num_image_tokens: int) -> 
         cfg = pipeline.PipelineConfig(batch_size=per_host, length_buckets=tuple(section.length_buckets),
                                       max_images=section.max_images, shuffle=False, num_epochs=1,
                                       drop_remainder=False, prefetch_batches=0)
-        pipe = pipeline.make_pipeline(data.source(section.eval_data, section.image_folder),
+        pipe = pipeline.make_pipeline(_source(data, section.eval_data, section.image_folder),
                                       template=section.template, tokenizer=tokenizer,
                                       image_config=data.image_processor, num_image_tokens=num_image_tokens,
                                       config=cfg)

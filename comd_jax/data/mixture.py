@@ -1,10 +1,10 @@
 """Several sources read as one: `data="instructions+captions"` trains on both,
 and a slice of one: `data="instructions[:256]"` (TFDS's split-slicing syntax).
 
-LLaVA-style instruction mixes keep caption-like data next to the questions;
-in the offline world that keeps the vision pathway under a strong gradient
-while the model learns the chat format. The pipeline shuffles globally, so
-concatenation is the whole mixing rule (a source twice is weight two).
+LLaVA-style instruction mixes keep caption data next to the questions, and a
+pool-sized warm-up wants the first N instructions only. The pipeline shuffles
+globally, so concatenation is the whole mixing rule (a source twice is weight
+two). A name that itself contains "+" cannot be given here.
 """
 
 from __future__ import annotations

@@ -68,3 +68,13 @@ def test_stage_pipeline_trains_on_exactly_the_mixture():
         for _ in range(12):  # several epochs of 7 samples
             seen.update(sample_ids(next(pipe)))
     assert seen == {0, 1, 2, 3, 23, 24, 25}
+
+
+def test_held_out_batches_read_the_same_syntax():
+    data = stages.StageData("unused", images.ImageProcessorConfig(size=6), lambda name, folder: SPLITS[name]())
+    section = ml_collections.ConfigDict(dict(
+        eval_data="b[1:3]+a[:1]", image_folder="", template="plain", global_batch=4, length_buckets=(9, 11, 13, 15),
+        max_images=1, eval_batches=5))
+    make = stages.eval_batches(data, section, make_word_tokenizer(), num_image_tokens=5)
+    seen = [i for batch in make() for i in sample_ids(batch)]
+    assert sorted(seen) == [0, 21, 22]  # one pass, unshuffled set, nothing else
