@@ -127,3 +127,32 @@ def test_plain_distillation_spends_the_same_seeds_at_random(uninterrupted, tmp_p
     selection = json.load(open(tmp_path / "distill" / "round0_selection.json"))
     grown_from = {e.provenance["seed_id"] for e in entries if e.provenance.get("augmentor")}
     assert grown_from - set(selection["hard"] + selection["easy_kept"])  # not the assessor's choice
+
+
+def test_a_seed_budget_gives_both_policies_the_same_teacher_calls(tmp_path):
+    seeds = lambda state: [h["seeds"] for h in state["history"] if h["phase"] == "augment"]
+    comd = make_loop(tmp_path / "comd", Teacher(), student_answers(), [], seeds_per_round=7).run()
+    # A different student finds a different number of hard cases; the budget is the same.
+    always_wrong = lambda r, entries: ["no idea"] * len(entries)
+    plain = make_loop(tmp_path / "plain", Teacher(), always_wrong, [], seeds_per_round=7,
+                      seed_policy="random", competitive=False).run()
+    assert seeds(comd) == seeds(plain) == [7, 7]
+
+
+def test_seeds_for_round_fills_the_budget_hard_first():
+    import numpy as np
+
+    ids = [f"p{i:02d}" for i in range(20)]
+    chosen = {"hard": ["p03", "p07", "p11"], "easy_kept": ["p01"]}
+    rng = lambda: np.random.default_rng(0)
+    assert rounds.seeds_for_round(chosen, ids, "hard", 0, rng()) == ["p03", "p07", "p11", "p01"]
+    topped = rounds.seeds_for_round(chosen, ids, "hard", 8, rng())
+    assert topped[:4] == ["p03", "p07", "p11", "p01"] and len(set(topped)) == len(topped) == 8
+    few = rounds.seeds_for_round(chosen, ids, "hard", 2, rng())
+    assert len(few) == 2 and set(few) <= set(chosen["hard"])  # too many hard: a subset of them
+    drawn = rounds.seeds_for_round(chosen, ids, "random", 8, rng())
+    assert len(set(drawn)) == 8 and set(drawn) <= set(ids)
+    assert len(rounds.seeds_for_round(chosen, ids, "random", 0, rng())) == 4  # as many as the selection
+    assert len(rounds.seeds_for_round(chosen, ids, "random", 50, rng())) == 20  # never more than the pool
+    with pytest.raises(ValueError, match="seeds_per_round"):
+        rounds.DistillConfig(seeds_per_round=-1)

@@ -46,6 +46,7 @@ def distill_config(config) -> DistillConfig:
         rounds=d.rounds, competitive=d.competitive, teacher_floor=d.teacher_floor or None,
         max_new_per_round=d.max_new_per_round, answer_max_tokens=d.answer_max_tokens,
         concurrency=d.concurrency, assess_chunk=d.assess_chunk, seed=config.seed, seed_policy=d.seed_policy,
+        seeds_per_round=d.seeds_per_round,
         selection=SelectionConfig(threshold=d.threshold, easy_keep=d.easy_keep, student_margin=d.student_margin))
 
 

@@ -59,10 +59,17 @@ class DistillConfig:
     # seeds drawn uniformly from the pool — plain distillation with the same teacher calls
     # and training steps, the ablation's baseline.
     seed_policy: str = "hard"
+    # 0: as many seeds as the selection gives (hard + easy kept); "random" draws as many as its
+    # own assessment selected, which differs from CoMD's once the students differ. N > 0: exactly
+    # N seeds a round under either policy ("hard" fills up after the selection with random
+    # others), so that CoMD and plain make exactly the same number of teacher calls.
+    seeds_per_round: int = 0
 
     def __post_init__(self):
         if self.seed_policy not in ("hard", "random"):
             raise ValueError(f"seed_policy must be 'hard' or 'random', got {self.seed_policy!r}")
+        if self.seeds_per_round < 0:
+            raise ValueError(f"seeds_per_round must be >= 0 (0: the selection decides), got {self.seeds_per_round}")
 
 
 @dataclasses.dataclass
@@ -217,10 +224,8 @@ class Loop:
             chosen = json.load(f)
         current = self.train_pool()
         by_id = {e.id: e for e in current}
-        seed_ids = chosen["hard"] + chosen["easy_kept"]
-        if self.cfg.seed_policy == "random":
-            rng = np.random.default_rng([self.cfg.seed, r, 0xA11])
-            seed_ids = sorted(rng.choice(sorted(by_id), size=min(len(seed_ids), len(by_id)), replace=False))
+        seed_ids = seeds_for_round(chosen, sorted(by_id), self.cfg.seed_policy, self.cfg.seeds_per_round,
+                                   np.random.default_rng([self.cfg.seed, r, 0xA11]))
         seeds = [by_id[i] for i in seed_ids][: self.cfg.max_new_per_round]
         candidates = asyncio.run(self.parts.augmentor.propose(
             seeds, r, {s.id: self.parts.images_of(s) for s in seeds}))
@@ -257,6 +262,29 @@ class Loop:
                 pool_lib.append(out, [entry])
 
         await asyncio.gather(*(one(new_id, c) for new_id, c in todo))
+
+
+def seeds_for_round(chosen: dict, pool_ids: Sequence[str], policy: str, budget: int,
+                    rng: np.random.Generator) -> list:
+    """The ids that seed this round's augmentation.
+
+    "hard" takes the selection (hard, then the easy ones kept); with a budget it keeps a random
+    `budget` of the hard ones when there are more, else tops up with the easy ones kept and then
+    with random others. "random" takes `budget` (or as many as the selection) uniformly."""
+    selected = chosen["hard"] + chosen["easy_kept"]
+    if policy == "random":
+        size = min(budget or len(selected), len(pool_ids))
+        return sorted(rng.choice(pool_ids, size=size, replace=False))
+    if not budget:
+        return selected
+    hard = list(chosen["hard"])
+    if len(hard) >= budget:
+        return sorted(rng.choice(hard, size=budget, replace=False))
+    taken = set(selected)
+    others = [i for i in pool_ids if i not in taken]
+    top_up = rng.choice(others, size=min(budget - len(selected), len(others)), replace=False).tolist() \
+        if len(selected) < budget else []
+    return (hard + list(chosen["easy_kept"]))[:budget] + sorted(top_up)
 
 
 def _takes_reference(judge) -> bool:
