@@ -32,6 +32,11 @@ def test_ablation_variants_apply_and_reject_unknown_keys():
     plain = _apply(config, config.ablation.variants.plain.to_dict())
     assert plain.distill.seed_policy == "random" and not plain.distill.competitive
     assert config.distill.seed_policy == "hard"  # the original is untouched
+    # Equal teacher calls: a fixed seed budget that no variant overrides.
+    from comd_jax.distill.driver import distill_config
+
+    budgets = {distill_config(_apply(config, v.to_dict())).seeds_per_round for v in config.ablation.variants.values()}
+    assert budgets == {48}
     with pytest.raises(KeyError, match="distill.no_such_field"):
         _apply(config, {"distill": {"no_such_field": 1}})
 
