@@ -187,7 +187,7 @@ def _ablation():
     c.teacher_pretrain.total_steps = 300
     c.teacher_tune.total_steps = 1200
     # The same teacher calls for both variants: 48 augmentation seeds a round each (CoMD: its
-    # hard ones first), and every held-out question, to halve the noise of the comparison.
+    # hard ones first), and every held-out question (50 per skill, not 30), for a less noisy comparison.
     c.distill.seeds_per_round = 48
     c.distill.eval_limit = 450
     c.ablation = ml_collections.ConfigDict(dict(

@@ -280,11 +280,11 @@ def seeds_for_round(chosen: dict, pool_ids: Sequence[str], policy: str, budget: 
     hard = list(chosen["hard"])
     if len(hard) >= budget:
         return sorted(rng.choice(hard, size=budget, replace=False))
-    taken = set(selected)
+    head, taken = selected[:budget], set(selected)
     others = [i for i in pool_ids if i not in taken]
-    top_up = rng.choice(others, size=min(budget - len(selected), len(others)), replace=False).tolist() \
-        if len(selected) < budget else []
-    return (hard + list(chosen["easy_kept"]))[:budget] + sorted(top_up)
+    top_up = rng.choice(others, size=min(budget - len(head), len(others)), replace=False).tolist() \
+        if len(head) < budget else []
+    return head + sorted(top_up)
 
 
 def _takes_reference(judge) -> bool:
