@@ -56,3 +56,16 @@ def test_load_memory_tiny_checkpoint(tmp_path):
     assert len(list(tmp_path.glob("*.safetensors"))) == 2
     for which in ("ours", "transformers"):
         assert r[which]["peak"] >= r[which]["baseline"] > 0
+
+
+def test_gemm_bench_times_the_steps_shapes_on_both_sides():
+    from comd_jax.bench import gemm, train_step
+
+    size = train_step.Size(hidden=32, intermediate=64, layers=2, heads=4, kv_heads=2, vocab=48, batch=2, seq_len=8)
+    shapes = {name: (m, k, n, count) for name, m, k, n, count in gemm.step_gemms(size)}
+    # The k/v projections are narrower under grouped-query attention; each layer runs each shape.
+    assert shapes["k/v"] == (16, 32, 16, 4) and shapes["gate/up"] == (16, 32, 64, 4)
+    assert shapes["lm_head"] == (16, 32, 48, 1)
+    r = gemm.run(size, rounds=1, steps=1)  # also checks both sides compute the same products
+    assert len(r["rows"]) == 3 * len(shapes)
+    assert r["ratio"] == r["total_s"]["torch"] / r["total_s"]["ours"] > 0
