@@ -64,7 +64,8 @@ def test_ablation_trains_the_teacher_once_and_each_seeds_warm_up_once(tmp_path, 
                 open(os.path.join(path, "by"), "w").write(f"{cfg.seed} {cfg.distill.seed_policy}")
                 trained.append((part, cfg.seed, cfg.distill.seed_policy))
         score = 10.0 * cfg.seed + (cfg.distill.seed_policy == "hard")
-        return {"rounds": [{"student": {"mean": score + r}} for r in range(cfg.distill.rounds)]}
+        return {"rounds": [{"student": {"mean": score + r}, "teacher": {"mean": 40.0}, "added": 96}
+                           for r in range(cfg.distill.rounds)]}
 
     monkeypatch.setattr(driver, "run_comd", fake_run)
     summary = ablation.run_ablation(config, str(tmp_path))
@@ -77,6 +78,10 @@ def test_ablation_trains_the_teacher_once_and_each_seeds_warm_up_once(tmp_path, 
     assert summary["plain"]["runs"][1] == [10.0, 11.0, 12.0, 13.0]
     rows = [line for line in (tmp_path / "ablation.md").read_text().splitlines() if line.startswith("| comd")]
     assert rows == ["| comd | 11.0 ± 8.2 | 12.0 ± 8.2 | 13.0 ± 8.2 | 14.0 ± 8.2 |"]
+    report = (tmp_path / "ablation.md").read_text()
+    assert "| teacher | 40.0 | 40.0 | 40.0 | 40.0 |" in report
+    assert "- plain: new teacher-answered instructions per run over all rounds: 384 " in report
+    assert summary["plain"]["added_by_round"] == [[96] * 4] * 3
 
 
 def test_world_spec_is_read_from_the_data_section_in_one_place():

@@ -61,6 +61,8 @@ def run_ablation(config, workdir: str) -> dict:
     from comd_jax.distill.driver import run_comd
 
     results: dict = {}
+    added: dict = {}  # variant -> per run, new teacher-answered instructions per round
+    teacher_means: dict = {}  # variant -> per run, the teacher's held-out mean
     variants = config.ablation.variants.to_dict()
     teacher = ("world",) + tuple(os.path.join("checkpoints", s) for s in config.teacher_stages)
     student = tuple(os.path.join("checkpoints", s) for s in config.stages)
@@ -81,13 +83,25 @@ def run_ablation(config, workdir: str) -> dict:
             out = run_comd(cfg, run_dir)
             first_run, first_of_seed = first_run or run_dir, first_of_seed or run_dir
             results.setdefault(name, []).append([r["student"]["mean"] for r in out["rounds"]])
+            # The comparison is fair only if the variants ask the teacher as often: keep the counts.
+            added.setdefault(name, []).append([r.get("added") for r in out["rounds"]])
+            teacher_means.setdefault(name, []).append(out["rounds"][0].get("teacher", {}).get("mean"))
     summary = {name: {"mean_by_round": np.mean(runs, axis=0).tolist(), "spread_by_round": np.std(runs, axis=0).tolist(),
-                      "runs": runs} for name, runs in results.items()}
+                      "runs": runs, "added_by_round": added[name], "teacher_mean": teacher_means[name]}
+               for name, runs in results.items()}
     lines = ["| variant | " + " | ".join(f"round {r}" for r in range(len(next(iter(results.values()))[0]))) + " |"]
     lines.append("| --- |" + " --- |" * (len(lines[0].split("|")) - 3))
     for name, s in summary.items():
         lines.append(f"| {name} | " + " | ".join(f"{m:.1f} ± {d:.1f}" for m, d in
                                                  zip(s["mean_by_round"], s["spread_by_round"])) + " |")
+    scores = [t for s in summary.values() for t in s["teacher_mean"] if t is not None]
+    if scores:
+        lines.append("| teacher | " + " | ".join(f"{np.mean(scores):.1f}" for _ in lines[0].split("|")[2:-1]) + " |")
+    lines.append("")
+    for name, s in summary.items():
+        calls = sorted({sum(a or 0 for a in run) for run in s["added_by_round"]})
+        lines.append(f"- {name}: new teacher-answered instructions per run over all rounds: "
+                     f"{', '.join(str(c) for c in calls)} (per round, each run: {s['added_by_round']})")
     if multihost.is_writer():
         with open(os.path.join(workdir, "ablation.json"), "w") as f:
             json.dump(summary, f, indent=2)
