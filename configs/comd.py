@@ -76,6 +76,7 @@ def _distill(**kw):
         competitive=True,  # a student answer the assessor prefers becomes the target
         seed_policy="hard",  # hard: CoMD; random: plain distillation (same calls and steps)
         seeds_per_round=0,  # 0: the selection decides; N: exactly N augmentation seeds a round, either policy
+        oracle_answers=False,  # diagnostic (offline world): the world's answers replace the teacher's in the pool
         teacher_floor=0.0,  # 0: off; else teacher answers scored below it leave training
         per_seed=2, max_new_per_round=128, answer_max_tokens=32, concurrency=8, gen_batch=16,
         assess_chunk=64,  # student answers per assessment batch (verdicts are saved per item)

@@ -156,3 +156,30 @@ def test_seeds_for_round_fills_the_budget_hard_first():
     assert len(rounds.seeds_for_round(chosen, ids, "random", 50, rng())) == 20  # never more than the pool
     with pytest.raises(ValueError, match="seeds_per_round"):
         rounds.DistillConfig(seeds_per_round=-1)
+
+
+def test_oracle_answers_take_the_worlds_answer_and_never_ask_the_teacher(tmp_path):
+    teacher = Teacher()
+    make_loop(tmp_path, teacher, student_answers(), [], oracle_answers=True).run()
+    # As answered (the pool may since have swapped in a winning student answer).
+    added = [e for r in (0, 1) for e in pool.load(os.path.join(tmp_path, "distill", f"round{r}_augment.jsonl"))]
+    assert added and teacher.calls == 0
+    assert all(e.provenance["answered_by"] == "oracle" for e in added)
+    # The world's full answer, which names the reference (the stand-in teacher would echo a word).
+    named = [e for e in added if e.reference and e.skill in ("colour", "shape", "counting")]
+    assert named and all(e.reference.lower() in e.target.lower() for e in named)
+
+
+def test_oracle_answers_need_ground_truth(tmp_path):
+    from comd_jax.distill.augment import Candidate
+
+    class NoTruth:
+        name, text_novelty = "llm", False
+
+        async def propose(self, seeds, round_index, images):
+            return [Candidate("Describe the <image> scene in other words.", seeds[0])]
+
+    loop = make_loop(tmp_path, Teacher(), student_answers(), [], oracle_answers=True)
+    loop.parts.augmentor = NoTruth()
+    with pytest.raises(ValueError, match="llm augmentor's candidate r0-aug00000 has no ground-truth answer"):
+        loop.run()

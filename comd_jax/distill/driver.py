@@ -46,7 +46,8 @@ def distill_config(config) -> DistillConfig:
         rounds=d.rounds, competitive=d.competitive, teacher_floor=d.teacher_floor or None,
         max_new_per_round=d.max_new_per_round, answer_max_tokens=d.answer_max_tokens,
         concurrency=d.concurrency, assess_chunk=d.assess_chunk, seed=config.seed, seed_policy=d.seed_policy,
-        seeds_per_round=d.seeds_per_round,
+        # .get: a config.json written before these fields existed still resumes
+        seeds_per_round=d.get("seeds_per_round", 0), oracle_answers=d.get("oracle_answers", False),
         selection=SelectionConfig(threshold=d.threshold, easy_keep=d.easy_keep, student_margin=d.student_margin))
 
 
@@ -184,6 +185,13 @@ def run_comd(config, workdir: str) -> dict:
         def teacher_answers_initial_pool():  # called once, on process 0, when there is no pool yet
             with open(os.path.join(llava_dir, "instructions.json")) as f:
                 samples = json.load(f)[: config.distill.pool_size]
+            if config.distill.get("oracle_answers", False):  # the world's own answers stand in for the teacher's
+                print(f"== the world's answers fill the initial pool ({len(samples)}; oracle) ==", flush=True)
+                entries = initial_pool(config, os.path.join(llava_dir, "instructions.json"),
+                                       [s["conversations"][1]["value"] for s in samples])
+                for e in entries:
+                    e.provenance["answered_by"] = "oracle"
+                return entries
             print(f"== the teacher answers the initial pool ({len(samples)}) ==", flush=True)
             replies = client.chat_many_sync([
                 ([user_message(s["conversations"][0]["value"].replace("<image>", "").strip(),

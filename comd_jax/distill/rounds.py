@@ -64,6 +64,9 @@ class DistillConfig:
     # N seeds a round under either policy ("hard" fills up after the selection with random
     # others), so that CoMD and plain make exactly the same number of teacher calls.
     seeds_per_round: int = 0
+    # Diagnostic for data with ground truth (the offline world): new instructions take the
+    # augmentor's own answer instead of the teacher's: what CoMD does with a teacher that knows.
+    oracle_answers: bool = False
 
     def __post_init__(self):
         if self.seed_policy not in ("hard", "random"):
@@ -255,6 +258,13 @@ class Loop:
                     reference=c.reference,
                     provenance={"round": r, "augmented_round": r, "seed_id": c.seed.id, "answered_by": "teacher",
                                 "augmentor": self.parts.augmentor.name})
+                if self.cfg.oracle_answers:
+                    if c.target is None:
+                        raise ValueError(f"distill.oracle_answers: the {self.parts.augmentor.name} augmentor's "
+                                         f"candidate {new_id} has no ground-truth answer (only procedural ones do)")
+                    entry.target, entry.provenance["answered_by"] = c.target, "oracle"
+                    pool_lib.append(out, [entry])
+                    return
                 choices = await self.parts.teacher.chat(
                     [user_message(c.instruction.replace("<image>", "").strip(), self.parts.images_of(entry))],
                     temperature=0.0, max_tokens=self.cfg.answer_max_tokens)
