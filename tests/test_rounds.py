@@ -177,9 +177,11 @@ def test_oracle_answers_need_ground_truth(tmp_path):
         name, text_novelty = "llm", False
 
         async def propose(self, seeds, round_index, images):
-            return [Candidate("Describe the <image> scene in other words.", seeds[0])]
+            return [Candidate("What colour is the <image> circle?", seeds[0], target="The circle is red."),
+                    Candidate("Describe the <image> scene in other words.", seeds[0])]
 
     loop = make_loop(tmp_path, Teacher(), student_answers(), [], oracle_answers=True)
     loop.parts.augmentor = NoTruth()
-    with pytest.raises(ValueError, match="llm augmentor's candidate r0-aug00000 has no ground-truth answer"):
+    with pytest.raises(ValueError, match="llm augmentor's candidate r0-aug00001 has no ground-truth answer"):
         loop.run()
+    assert pool.load(os.path.join(tmp_path, "distill", "round0_augment.jsonl")) == []  # nothing half written

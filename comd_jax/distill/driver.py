@@ -69,13 +69,13 @@ def _augmentor(config, client, spec, image_dir):
     return table[config.distill.augmentor]()
 
 
-def initial_pool(config, llava_json: str, answers: list) -> list:
+def initial_pool(config, llava_json: str, answers: list, answered_by: str = "teacher") -> list:
     with open(llava_json) as f:
         samples = json.load(f)[: config.distill.pool_size]
     return [pool_lib.PoolEntry(
         id=s["id"], instruction=s["conversations"][0]["value"], target=answer.strip(), image=s.get("image"),
         skill=s.get("skill"), reference=(s.get("answer") or "").split(" | ")[0] or None,
-        provenance={"round": -1, "answered_by": "teacher"}) for s, answer in zip(samples, answers)]
+        provenance={"round": -1, "answered_by": answered_by}) for s, answer in zip(samples, answers)]
 
 
 def _snapshot(config, workdir: str) -> str:
@@ -187,11 +187,8 @@ def run_comd(config, workdir: str) -> dict:
                 samples = json.load(f)[: config.distill.pool_size]
             if config.distill.get("oracle_answers", False):  # the world's own answers stand in for the teacher's
                 print(f"== the world's answers fill the initial pool ({len(samples)}; oracle) ==", flush=True)
-                entries = initial_pool(config, os.path.join(llava_dir, "instructions.json"),
-                                       [s["conversations"][1]["value"] for s in samples])
-                for e in entries:
-                    e.provenance["answered_by"] = "oracle"
-                return entries
+                return initial_pool(config, os.path.join(llava_dir, "instructions.json"),
+                                    [s["conversations"][1]["value"] for s in samples], answered_by="oracle")
             print(f"== the teacher answers the initial pool ({len(samples)}) ==", flush=True)
             replies = client.chat_many_sync([
                 ([user_message(s["conversations"][0]["value"].replace("<image>", "").strip(),

@@ -250,6 +250,11 @@ class Loop:
     async def _answer_candidates(self, r: int, todo, out: str):
         """The teacher answers each new instruction; each answer is appended as it lands."""
         gate = asyncio.Semaphore(self.cfg.concurrency)
+        if self.cfg.oracle_answers:  # checked before anything is written, so nothing is half done
+            missing = [new_id for new_id, c in todo if c.target is None]
+            if missing:
+                raise ValueError(f"distill.oracle_answers: the {self.parts.augmentor.name} augmentor's candidate "
+                                 f"{missing[0]} has no ground-truth answer (only procedural ones do)")
 
         async def one(new_id, c):
             async with gate:
@@ -259,9 +264,6 @@ class Loop:
                     provenance={"round": r, "augmented_round": r, "seed_id": c.seed.id, "answered_by": "teacher",
                                 "augmentor": self.parts.augmentor.name})
                 if self.cfg.oracle_answers:
-                    if c.target is None:
-                        raise ValueError(f"distill.oracle_answers: the {self.parts.augmentor.name} augmentor's "
-                                         f"candidate {new_id} has no ground-truth answer (only procedural ones do)")
                     entry.target, entry.provenance["answered_by"] = c.target, "oracle"
                     pool_lib.append(out, [entry])
                     return
