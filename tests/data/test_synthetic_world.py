@@ -226,3 +226,31 @@ def test_world_tokenizer_loads_with_auto_tokenizer(tmp_path):
         [{"role": "user", "content": "<image>\nHi"}], tokenize=False, add_generation_prompt=True
     )
     assert prompt.endswith("USER: <image>\nHi ASSISTANT:") and prompt.startswith("<s>A chat")
+
+
+def test_prepared_folder_grows_with_the_sizes_but_refuses_another_world(tmp_path):
+    """A workdir's world keeps its LLaVA export in step with the spec: bigger splits re-export
+    (the first examples unchanged, the tokenizer kept for the checkpoints that use its ids);
+    a different world is refused by name rather than mixing one world's files with another's."""
+    from comd_jax.data.synthetic import prepare
+
+    out = str(tmp_path / "world")
+    small = world.WorldSpec(seed=3, num_captions=4, num_instructions=6, num_heldout=3)
+    files = prepare.prepare_world(out, small, vocab_size=600)
+    tokenizer_bytes = open(os.path.join(files.tokenizer_dir, "tokenizer.json"), "rb").read()
+    first = json.load(open(files.llava_json[world.INSTRUCTIONS]))
+    assert len(first) == 6
+
+    grown = world.WorldSpec(seed=3, num_captions=4, num_instructions=9, num_heldout=3)
+    files = prepare.prepare_world(out, grown, vocab_size=600)
+    now = json.load(open(files.llava_json[world.INSTRUCTIONS]))
+    assert len(now) == 9 and now[:6] == first
+    assert open(os.path.join(files.tokenizer_dir, "tokenizer.json"), "rb").read() == tokenizer_bytes
+    assert json.load(open(os.path.join(out, prepare.SPEC_FILE)))["num_instructions"] == 9
+
+    other = world.WorldSpec(seed=3, num_captions=4, num_instructions=9, num_heldout=3, max_objects=2)
+    with pytest.raises(ValueError, match=r"max_objects=5 .*asks for max_objects=2.*another --workdir"):
+        prepare.prepare_world(out, other, vocab_size=600)
+    with pytest.raises(ValueError, match=r"vocab_size=600 .*vocab_size=512"):
+        prepare.prepare_world(out, grown, vocab_size=512)
+    assert len(json.load(open(files.llava_json[world.INSTRUCTIONS]))) == 9  # nothing was touched

@@ -6,6 +6,13 @@ writes out/tfds (the TFDS dataset), out/llava (LLaVA JSON + PNG), out/tokenizer
 (transformers tokenizer with chat template) and out/image_processor
 (preprocessor_config.json). Reruns reuse what exists and write nothing
 when it is all there.
+
+out/world_spec.json records the world the folder holds. A rerun with other
+split sizes extends it (examples are index-stable, so the first N stay the
+same, and the tokenizer is kept, since checkpoints beside it use its ids); a
+rerun whose examples would differ (seed, image size, objects, skills,
+vocabulary) is refused with a message naming the field, rather than mixing
+TFDS splits of one world with the LLaVA files of another.
 """
 
 from __future__ import annotations
@@ -27,15 +34,35 @@ class WorldFiles:
     image_processor_dir: str
 
 
+SPEC_FILE = "world_spec.json"
+# What the examples (and the tokenizer's ids) depend on; the split sizes only say how many.
+CONTENT_FIELDS = ("seed", "image_size", "max_objects", "skills", "vocab_size")
+
+
 def prepare_world(
     out_dir: str, spec: world.WorldSpec = world.WorldSpec(), *, vocab_size: int = 1024
 ) -> WorldFiles:
     from comd_jax.data.synthetic import builder  # TFDS import only when building it
 
+    wanted = json.loads(json.dumps({**dataclasses.asdict(spec), "vocab_size": vocab_size}))
+    spec_file = os.path.join(out_dir, SPEC_FILE)
+    recorded = _read(spec_file)
+    recorded = json.loads(recorded) if recorded is not None else None
+    if recorded is not None:
+        changed = [k for k in CONTENT_FIELDS if recorded.get(k) != wanted[k]]
+        if changed:
+            raise ValueError(
+                f"{out_dir} holds the offline world built with "
+                + ", ".join(f"{k}={recorded.get(k)!r}" for k in changed) + f" ({spec_file}); this config asks "
+                "for " + ", ".join(f"{k}={wanted[k]!r}" for k in changed) + ". Its tokenizer, LLaVA files and "
+                "any checkpoints beside it belong to that world: use another --workdir, or delete "
+                f"{out_dir} to rebuild it.")
     tfds_dir = builder.build(spec, os.path.join(out_dir, "tfds"))
     llava_dir = os.path.join(out_dir, "llava")
     llava_json = {s: os.path.join(llava_dir, f"{s}.json") for s in world.SPLITS}
-    if not all(os.path.exists(p) for p in llava_json.values()):
+    # A folder from before the record existed says nothing of its sizes: its export stays as it was.
+    exported = (recorded is not None and recorded != wanted) or not all(map(os.path.exists, llava_json.values()))
+    if exported:
         llava_json = export.export_llava(spec, llava_dir)
     tokenizer_dir = os.path.join(out_dir, "tokenizer")
     if not os.path.exists(os.path.join(tokenizer_dir, "tokenizer.json")):
@@ -47,6 +74,9 @@ def prepare_world(
         os.makedirs(processor_dir, exist_ok=True)
         with open(processor_json, "w") as f:
             f.write(processor)
+    if exported:  # written last: a folder whose record matches is complete
+        with open(spec_file, "w") as f:
+            json.dump(wanted, f, indent=1, sort_keys=True)
     return WorldFiles(tfds_dir, llava_json, tokenizer_dir, processor_dir)
 
 
