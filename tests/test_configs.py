@@ -80,6 +80,9 @@ def test_ablation_trains_the_teacher_once_and_each_seeds_warm_up_once(tmp_path, 
     assert rows == ["| comd | 11.0 ± 8.2 | 12.0 ± 8.2 | 13.0 ± 8.2 | 14.0 ± 8.2 |"]
     report = (tmp_path / "ablation.md").read_text()
     assert "| teacher | 40.0 | 40.0 | 40.0 | 40.0 |" in report
+    # CoMD's fake runs score 1 above plain's on every seed: plain is behind on all 3, by exactly 1.
+    assert "| plain − comd, paired by seed (ahead/behind) | -1.0 ± 0.0 (0/3) |" in report
+    assert summary["plain"]["minus_first"]["behind_by_round"] == [3, 3, 3, 3]
     assert "- plain: new teacher-answered instructions per run over all rounds: 384 " in report
     assert summary["plain"]["added_by_round"] == [[96] * 4] * 3
 

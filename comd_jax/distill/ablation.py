@@ -94,6 +94,18 @@ def run_ablation(config, workdir: str) -> dict:
     for name, s in summary.items():
         lines.append(f"| {name} | " + " | ".join(f"{m:.1f} ± {d:.1f}" for m, d in
                                                  zip(s["mean_by_round"], s["spread_by_round"])) + " |")
+    # Runs of one seed share their warm-up student, so the per-seed difference is the sharper test.
+    first = next(iter(summary))
+    for name in list(summary)[1:]:
+        diff = np.asarray(summary[name]["runs"]) - np.asarray(summary[first]["runs"])
+        summary[name]["minus_first"] = {"first": first, "mean_by_round": diff.mean(axis=0).tolist(),
+                                        "spread_by_round": diff.std(axis=0).tolist(),
+                                        "ahead_by_round": (diff > 0).sum(axis=0).tolist(),
+                                        "behind_by_round": (diff < 0).sum(axis=0).tolist()}
+        lines.append(f"| {name} − {first}, paired by seed (ahead/behind) | " + " | ".join(
+            f"{m:+.1f} ± {d:.1f} ({a}/{b})" for m, d, a, b in zip(*(
+                summary[name]["minus_first"][k] for k in ("mean_by_round", "spread_by_round", "ahead_by_round",
+                                                          "behind_by_round")))) + " |")
     scores = [t for s in summary.values() for t in s["teacher_mean"] if t is not None]
     if scores:
         lines.append("| teacher | " + " | ".join(f"{np.mean(scores):.1f}" for _ in lines[0].split("|")[2:-1]) + " |")
