@@ -37,6 +37,10 @@ def test_ablation_variants_apply_and_reject_unknown_keys():
 
     budgets = {distill_config(_apply(config, v.to_dict())).seeds_per_round for v in config.ablation.variants.values()}
     assert budgets == {48}
+    # Every variant is scored on every held-out example of the ablation's world, the same ones.
+    limits = {(_apply(config, v.to_dict()).distill.eval_limit, _apply(config, v.to_dict()).data.num_heldout)
+              for v in config.ablation.variants.values()}
+    assert limits == {(2700, 2700)}
     with pytest.raises(KeyError, match="distill.no_such_field"):
         _apply(config, {"distill": {"no_such_field": 1}})
 
