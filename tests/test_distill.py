@@ -151,3 +151,40 @@ def test_procedural_augmentor_is_deterministic_and_keeps_skill(tmp_path):
     assert [x.image for x in a] != [x.image for x in c]  # another round draws other scenes
     assert all(x.reference and x.instruction.startswith("<image>") for x in a)
     assert (tmp_path / "a" / a[0].image).read_bytes() == (tmp_path / "b" / b[0].image).read_bytes()
+
+
+def test_teacher_heldout_is_evaluated_once_per_checkpoint_world_and_limit(tmp_path):
+    """The runs of an ablation link one teacher: the first run's held-out evaluation serves the rest,
+    but a retrained teacher, another world or another limit is evaluated afresh."""
+    import os
+
+    import ml_collections
+
+    from comd_jax.data.synthetic import world
+    from comd_jax.distill.driver import teacher_heldout
+
+    first = tmp_path / "comd" / "seed0" / "checkpoints"
+    (first / "teacher_tune" / "1200").mkdir(parents=True)
+    linked = tmp_path / "plain" / "seed0" / "checkpoints"
+    linked.mkdir(parents=True)
+    os.symlink(first / "teacher_tune", linked / "teacher_tune")
+    config = ml_collections.ConfigDict({"distill": {"eval_limit": 9, "answer_max_tokens": 32}})
+    spec = world.WorldSpec(num_heldout=9)
+    calls = []
+
+    def evaluate():
+        calls.append(1)
+        return {"models": {"teacher": {"scores": {"mean": 40.0 + len(calls)}}}}
+
+    assert teacher_heldout(config, str(first / "teacher_tune"), spec, evaluate)["models"]["teacher"]["scores"] == \
+        {"mean": 41.0}
+    again = teacher_heldout(config, str(linked / "teacher_tune"), spec, evaluate)  # another run, same teacher
+    assert len(calls) == 1 and again["models"]["teacher"]["scores"]["mean"] == 41.0
+    config.distill.eval_limit = 5
+    assert teacher_heldout(config, str(linked / "teacher_tune"), spec, evaluate)["models"]["teacher"]["scores"] == \
+        {"mean": 42.0}
+    teacher_heldout(config, str(first / "teacher_tune"), world.WorldSpec(seed=1, num_heldout=9), evaluate)
+    assert len(calls) == 3
+    (first / "teacher_tune" / "1500").mkdir()  # trained further: another teacher
+    teacher_heldout(config, str(first / "teacher_tune"), world.WorldSpec(seed=1, num_heldout=9), evaluate)
+    assert len(calls) == 4

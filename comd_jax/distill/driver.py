@@ -202,7 +202,9 @@ def run_comd(config, workdir: str) -> dict:
 
     print("== evaluation after every round ==", flush=True)
     results, by_round = [], {}
-    teacher_eval = evaluate_world({"teacher": teacher_answerer}, spec, limit=config.distill.eval_limit)
+    teacher_eval = teacher_heldout(
+        config, teacher_ckpt, spec,
+        lambda: evaluate_world({"teacher": teacher_answerer}, spec, limit=config.distill.eval_limit))
     # Held-out instructions (config.tune's eval split): does each model look at the images?
     def heldout(model_cfg):  # its own image-token count: teacher and student may differ
         return stages_lib.eval_batches(data, config.tune, tokenizer, model_cfg.num_image_tokens)()
@@ -236,6 +238,32 @@ def run_comd(config, workdir: str) -> dict:
             json.dump({"rounds": results, "teacher_image_reliance": reliance["teacher"],
                        "teacher_stages": teacher_summary, "student_stages": student_summary}, f, indent=2)
     return {"rounds": results}
+
+
+def teacher_heldout(config, teacher_ckpt: str, spec, evaluate) -> dict:
+    """The teacher's held-out evaluation, computed once per teacher checkpoint, world and answer
+    settings, and kept beside the checkpoint's real folder. The runs of an ablation link the first
+    run's teacher, so they share the file; at 2700 held-out examples that saves minutes a run."""
+    import dataclasses
+    import hashlib
+
+    real = os.path.realpath(teacher_ckpt)
+    steps = sorted((d, os.stat(os.path.join(real, d)).st_mtime_ns) for d in os.listdir(real) if d.isdigit())
+    key = json.dumps({"checkpoint": real, "steps": steps, "spec": dataclasses.asdict(spec),
+                      "limit": config.distill.eval_limit, "max_new_tokens": config.distill.answer_max_tokens},
+                     sort_keys=True)
+    path = f"{real}_heldout_{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    # Every process decides alike (the file predates this run or is absent for all), so the
+    # collective evaluation runs on all of them or on none.
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    result = evaluate()
+    if multihost.is_writer():
+        with open(path + ".tmp", "w") as f:
+            json.dump(result, f)
+        os.replace(path + ".tmp", path)
+    return result
 
 
 def teacher_seed(config) -> int:
