@@ -188,3 +188,6 @@ def test_teacher_heldout_is_evaluated_once_per_checkpoint_world_and_limit(tmp_pa
     (first / "teacher_tune" / "1500").mkdir()  # trained further: another teacher
     teacher_heldout(config, str(first / "teacher_tune"), world.WorldSpec(seed=1, num_heldout=9), evaluate)
     assert len(calls) == 4
+    # A workdir in an object store (rounds=0 allows gs://) has no folder to keep the file in.
+    teacher_heldout(config, "gs://bucket/run/checkpoints/teacher_tune", spec, evaluate)
+    assert len(calls) == 5

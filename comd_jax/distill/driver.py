@@ -247,6 +247,8 @@ def teacher_heldout(config, teacher_ckpt: str, spec, evaluate) -> dict:
     import dataclasses
     import hashlib
 
+    if "://" in teacher_ckpt or not os.path.isdir(teacher_ckpt):  # an object store: no side files
+        return evaluate()
     real = os.path.realpath(teacher_ckpt)
     steps = sorted((d, os.stat(os.path.join(real, d)).st_mtime_ns) for d in os.listdir(real) if d.isdigit())
     key = json.dumps({"checkpoint": real, "steps": steps, "spec": dataclasses.asdict(spec),
