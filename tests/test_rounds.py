@@ -185,3 +185,20 @@ def test_oracle_answers_need_ground_truth(tmp_path):
     with pytest.raises(ValueError, match="llm augmentor's candidate r0-aug00001 has no ground-truth answer"):
         loop.run()
     assert pool.load(os.path.join(tmp_path, "distill", "round0_augment.jsonl")) == []  # nothing half written
+
+
+def test_oracle_answers_with_the_llm_augmentor_fail_before_any_training(tmp_path):
+    """Its instructions carry no ground truth: say so at the start, not hours later in round 0's augmentation."""
+    import importlib.util
+
+    from comd_jax.distill.driver import run_comd
+
+    spec = importlib.util.spec_from_file_location("comd_cfg", os.path.join(os.path.dirname(__file__), "..",
+                                                                           "configs", "comd.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("smoke")
+    config.distill.update(dict(oracle_answers=True, augmentor="llm"))
+    with pytest.raises(ValueError, match="oracle_answers needs distill.augmentor='procedural'"):
+        run_comd(config, str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run")  # no world, no teacher, nothing written

@@ -104,6 +104,9 @@ def run_comd(config, workdir: str) -> dict:
 
     if config.distill.rounds > 0:  # before hours of teacher training, not after
         multihost.require_posix_workdir(workdir, "the competitive distillation loop (distill.rounds > 0)")
+    if config.distill.get("oracle_answers", False) and config.distill.augmentor != "procedural":
+        raise ValueError(f"distill.oracle_answers needs distill.augmentor='procedural' (its new scenes carry the "
+                         f"world's answers); {config.distill.augmentor!r} writes instructions without one")
     os.makedirs(workdir, exist_ok=True)
     student_cfg, teacher_cfg = config_lib.model_config(config.model), config_lib.model_config(config.teacher)
     mesh_cfg = config_lib.mesh_config(config.mesh)
