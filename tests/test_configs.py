@@ -67,7 +67,7 @@ def test_ablation_trains_the_teacher_once_and_each_seeds_warm_up_once(tmp_path, 
                 os.makedirs(path)
                 open(os.path.join(path, "by"), "w").write(f"{cfg.seed} {cfg.distill.seed_policy}")
                 trained.append((part, cfg.seed, cfg.distill.seed_policy))
-        score = 10.0 * cfg.seed + (cfg.distill.seed_policy == "hard")
+        score = 10.0 * cfg.seed + (1 + cfg.seed) * (cfg.distill.seed_policy == "hard")  # CoMD ahead by 1, 2, 3
         return {"rounds": [{"student": {"mean": score + r}, "teacher": {"mean": 40.0}, "added": 96}
                            for r in range(cfg.distill.rounds)]}
 
@@ -78,17 +78,32 @@ def test_ablation_trains_the_teacher_once_and_each_seeds_warm_up_once(tmp_path, 
     warm_up = [(seed, policy) for part, seed, policy in trained if part.endswith("/stage0")]
     assert warm_up == [(0, "hard"), (1, "hard"), (2, "hard")]  # the plain variant reuses its seed's
     assert open(tmp_path / "plain" / "seed2" / "checkpoints" / "tune" / "by").read() == "2 hard"
-    assert summary["comd"]["mean_by_round"] == [11.0, 12.0, 13.0, 14.0]
+    assert summary["comd"]["mean_by_round"] == [12.0, 13.0, 14.0, 15.0]
     assert summary["plain"]["runs"][1] == [10.0, 11.0, 12.0, 13.0]
     rows = [line for line in (tmp_path / "ablation.md").read_text().splitlines() if line.startswith("| comd")]
-    assert rows == ["| comd | 11.0 ± 8.2 | 12.0 ± 8.2 | 13.0 ± 8.2 | 14.0 ± 8.2 |"]
+    assert rows == ["| comd | 12.0 ± 9.0 | 13.0 ± 9.0 | 14.0 ± 9.0 | 15.0 ± 9.0 |"]
     report = (tmp_path / "ablation.md").read_text()
     assert "| teacher | 40.0 | 40.0 | 40.0 | 40.0 |" in report
-    # CoMD's fake runs score 1 above plain's on every seed: plain is behind on all 3, by exactly 1.
-    assert "| plain − comd, paired by seed (ahead/behind) | -1.0 ± 0.0 (0/3) |" in report
+    # Plain is behind on all 3 seeds, by 1, 2 and 3: mean -2, population std 0.8, and a
+    # standard error of 1 / sqrt(3) (sample std 1).
+    assert "| plain − comd, paired by seed (standard error; ahead/behind) | -2.0 ± 0.8 (se 0.6; 0/3) |" in report
+    assert summary["plain"]["minus_first"]["stderr_by_round"] == pytest.approx([3 ** -0.5] * 4)
     assert summary["plain"]["minus_first"]["behind_by_round"] == [3, 3, 3, 3]
     assert "- plain: new teacher-answered instructions per run over all rounds: 384 " in report
     assert summary["plain"]["added_by_round"] == [[96] * 4] * 3
+
+
+def test_ablation_with_one_seed_reports_no_standard_error(tmp_path, monkeypatch):
+    from comd_jax.distill import ablation, driver
+
+    config = _module().get_config("ablation")
+    with config.unlocked():
+        config.ablation.seeds = (3,)
+    monkeypatch.setattr(driver, "run_comd", lambda cfg, run_dir: {"rounds": [
+        {"student": {"mean": 30.0 + r + (cfg.distill.seed_policy == "hard")}, "added": 96} for r in range(4)]})
+    summary = ablation.run_ablation(config, str(tmp_path))
+    assert summary["plain"]["minus_first"]["stderr_by_round"] == [None] * 4
+    assert "| -1.0 ± 0.0 (se –; 0/1) |" in (tmp_path / "ablation.md").read_text()
 
 
 def test_world_spec_is_read_from_the_data_section_in_one_place():

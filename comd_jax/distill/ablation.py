@@ -98,14 +98,19 @@ def run_ablation(config, workdir: str) -> dict:
     first = next(iter(summary))
     for name in list(summary)[1:]:
         diff = np.asarray(summary[name]["runs"]) - np.asarray(summary[first]["runs"])
+        # The standard error says whether a mean difference is more than seed-to-seed noise
+        # (sample std / sqrt(seeds); none from one seed).
+        stderr = (diff.std(axis=0, ddof=1) / np.sqrt(len(diff)) if len(diff) > 1
+                  else np.full(diff.shape[1], np.nan))
         summary[name]["minus_first"] = {"first": first, "mean_by_round": diff.mean(axis=0).tolist(),
                                         "spread_by_round": diff.std(axis=0).tolist(),
+                                        "stderr_by_round": [None if np.isnan(e) else float(e) for e in stderr],
                                         "ahead_by_round": (diff > 0).sum(axis=0).tolist(),
                                         "behind_by_round": (diff < 0).sum(axis=0).tolist()}
-        lines.append(f"| {name} − {first}, paired by seed (ahead/behind) | " + " | ".join(
-            f"{m:+.1f} ± {d:.1f} ({a}/{b})" for m, d, a, b in zip(*(
-                summary[name]["minus_first"][k] for k in ("mean_by_round", "spread_by_round", "ahead_by_round",
-                                                          "behind_by_round")))) + " |")
+        lines.append(f"| {name} − {first}, paired by seed (standard error; ahead/behind) | " + " | ".join(
+            f"{m:+.1f} ± {d:.1f} (se {'–' if np.isnan(e) else f'{e:.1f}'}; {a}/{b})" for m, d, e, a, b in zip(
+                *(summary[name]["minus_first"][k] for k in ("mean_by_round", "spread_by_round")), stderr,
+                *(summary[name]["minus_first"][k] for k in ("ahead_by_round", "behind_by_round")))) + " |")
     scores = [t for s in summary.values() for t in s["teacher_mean"] if t is not None]
     if scores:
         lines.append("| teacher | " + " | ".join(f"{np.mean(scores):.1f}" for _ in lines[0].split("|")[2:-1]) + " |")
