@@ -107,10 +107,11 @@ def run_ablation(config, workdir: str) -> dict:
                                         "stderr_by_round": [None if np.isnan(e) else float(e) for e in stderr],
                                         "ahead_by_round": (diff > 0).sum(axis=0).tolist(),
                                         "behind_by_round": (diff < 0).sum(axis=0).tolist()}
+        paired = summary[name]["minus_first"]
         lines.append(f"| {name} − {first}, paired by seed (standard error; ahead/behind) | " + " | ".join(
-            f"{m:+.1f} ± {d:.1f} (se {'–' if np.isnan(e) else f'{e:.1f}'}; {a}/{b})" for m, d, e, a, b in zip(
-                *(summary[name]["minus_first"][k] for k in ("mean_by_round", "spread_by_round")), stderr,
-                *(summary[name]["minus_first"][k] for k in ("ahead_by_round", "behind_by_round")))) + " |")
+            f"{m:+.1f} ± {d:.1f} (se {'–' if e is None else f'{e:.1f}'}; {a}/{b})" for m, d, e, a, b in zip(
+                *(paired[k] for k in ("mean_by_round", "spread_by_round", "stderr_by_round", "ahead_by_round",
+                                      "behind_by_round")))) + " |")
     scores = [t for s in summary.values() for t in s["teacher_mean"] if t is not None]
     if scores:
         lines.append("| teacher | " + " | ".join(f"{np.mean(scores):.1f}" for _ in lines[0].split("|")[2:-1]) + " |")
