@@ -5,12 +5,37 @@ Each module receives only its own dataclass, never the whole experiment config.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import os
 
 import ml_collections
 
 from comd_jax.models.config import DecoderConfig, RopeConfig, VisionConfig, VLMConfig
 from comd_jax.sharding import MeshConfig
 from comd_jax.train.optim import OptimConfig
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CONFIG_FILE = os.path.join(REPO, "configs", "comd.py")
+
+
+def load_config_file(spec: str = DEFAULT_CONFIG_FILE) -> ml_collections.ConfigDict:
+    """'path/to/file.py[:preset]' -> that file's get_config(preset), as `--config=` reads it.
+
+    For scripts and tests that need an experiment config without absl flags.
+    """
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("_experiment_config", path)
+    if module_spec is None or not os.path.isfile(path):
+        raise FileNotFoundError(f"no config file at {path!r}")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def preset(name: str) -> ml_collections.ConfigDict:
+    """One preset of the repository's own configs/comd.py (default, smoke, paper, ablation)."""
+    return load_config_file(f"{DEFAULT_CONFIG_FILE}:{name}")
 
 
 def _fields(cls, section, drop=()) -> dict:

@@ -1,23 +1,14 @@
 """Every preset of every experiment config builds and validates."""
-import importlib.util
 import os
 
 import pytest
 
 from comd_jax import config as config_lib
-from tests._multidevice import REPO
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("comd_config", os.path.join(REPO, "configs", "comd.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("preset", ["default", "smoke", "paper", "ablation"])
 def test_preset_validates(preset):
-    config = _module().get_config(preset)
+    config = config_lib.preset(preset)
     config_lib.model_config(config.model)
     config_lib.model_config(config.teacher)
     config_lib.mesh_config(config.mesh)
@@ -28,7 +19,7 @@ def test_preset_validates(preset):
 def test_ablation_variants_apply_and_reject_unknown_keys():
     from comd_jax.distill.ablation import _apply
 
-    config = _module().get_config("ablation")
+    config = config_lib.preset("ablation")
     plain = _apply(config, config.ablation.variants.plain.to_dict())
     assert plain.distill.seed_policy == "random" and not plain.distill.competitive
     assert config.distill.seed_policy == "hard"  # the original is untouched
@@ -47,7 +38,7 @@ def test_ablation_variants_apply_and_reject_unknown_keys():
 
 def test_unknown_preset_is_an_error():
     with pytest.raises(ValueError, match="unknown preset"):
-        _module().get_config("nope")
+        config_lib.preset("nope")
 
 
 def test_ablation_trains_the_teacher_once_and_each_seeds_warm_up_once(tmp_path, monkeypatch):
@@ -56,7 +47,7 @@ def test_ablation_trains_the_teacher_once_and_each_seeds_warm_up_once(tmp_path, 
     missing from its workdir (a real one resumes from what is there)."""
     from comd_jax.distill import ablation, driver
 
-    config = _module().get_config("ablation")
+    config = config_lib.preset("ablation")
     trained = []
 
     def fake_run(cfg, run_dir):
@@ -96,7 +87,7 @@ def test_ablation_trains_the_teacher_once_and_each_seeds_warm_up_once(tmp_path, 
 def test_ablation_with_one_seed_reports_no_standard_error(tmp_path, monkeypatch):
     from comd_jax.distill import ablation, driver
 
-    config = _module().get_config("ablation")
+    config = config_lib.preset("ablation")
     with config.unlocked():
         config.ablation.seeds = (3,)
     monkeypatch.setattr(driver, "run_comd", lambda cfg, run_dir: {"rounds": [
@@ -110,10 +101,20 @@ def test_world_spec_is_read_from_the_data_section_in_one_place():
     from comd_jax import stages
     from comd_jax.eval.loading import world_spec
 
-    config = _module().get_config("default")
+    config = config_lib.preset("default")
     config.data.max_objects = 2
     spec = stages.world_spec(config.data)
     assert (spec.max_objects, spec.num_instructions, spec.image_size) == (2, 4000, 32)
     assert world_spec(config) == spec  # the evaluation and the augmentor see the same world
     del config.data["max_objects"]  # a config.json written before the field existed
     assert stages.world_spec(config.data).max_objects == 5
+
+
+def test_config_files_load_by_path_and_preset_as_the_flag_reads_them(tmp_path):
+    path = os.path.join(config_lib.REPO, "configs", "comd.py")
+    by_path = config_lib.load_config_file(f"{path}:smoke")
+    assert by_path.preset == "smoke" and by_path.to_dict() == config_lib.preset("smoke").to_dict()
+    assert config_lib.load_config_file(path).preset == "default"
+    missing = str(tmp_path / "nope.py")
+    with pytest.raises(FileNotFoundError, match="nope.py"):
+        config_lib.load_config_file(f"{missing}:smoke")

@@ -189,15 +189,10 @@ def test_oracle_answers_need_ground_truth(tmp_path):
 
 def test_oracle_answers_with_the_llm_augmentor_fail_before_any_training(tmp_path):
     """Its instructions carry no ground truth: say so at the start, not hours later in round 0's augmentation."""
-    import importlib.util
-
+    from comd_jax import config as config_lib
     from comd_jax.distill.driver import run_comd
 
-    spec = importlib.util.spec_from_file_location("comd_cfg", os.path.join(os.path.dirname(__file__), "..",
-                                                                           "configs", "comd.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("smoke")
+    config = config_lib.preset("smoke")
     config.distill.update(dict(oracle_answers=True, augmentor="llm"))
     with pytest.raises(ValueError, match="oracle_answers needs distill.augmentor='procedural'"):
         run_comd(config, str(tmp_path / "run"))

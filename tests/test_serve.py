@@ -18,16 +18,9 @@ from comd_jax.serve.client import ChatClient, ClientConfig, RequestRejected, Ser
 
 def image_tokens() -> int:
     """The smoke teacher's image tokens per image, from the config the server runs."""
-    import importlib.util
-    import os
-
     from comd_jax import config as config_lib
-    from tests._multidevice import REPO
 
-    spec = importlib.util.spec_from_file_location("comd_config", os.path.join(REPO, "configs", "comd.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return config_lib.model_config(module.get_config("smoke").teacher).num_image_tokens
+    return config_lib.model_config(config_lib.preset("smoke").teacher).num_image_tokens
 
 
 KEY = "test-key"

@@ -40,15 +40,9 @@ def use_cpu_devices(n: int) -> None:
 
 def load_config(spec: str):
     """'path/to/file.py:preset' → the file's get_config(preset) (preset optional)."""
-    import importlib.util
+    from comd_jax.config import load_config_file
 
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("_compile_check_config", path)
-    if module_spec is None:
-        raise FileNotFoundError(f"no config file at {path!r}")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
+    return load_config_file(spec)
 
 
 def abstract_batch(setup, global_batch: int, seq_len: int, images: int = 1) -> dict:

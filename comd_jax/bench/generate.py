@@ -11,8 +11,6 @@ each per batch size, and the ratio ours/transformers at the largest batch last.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import os
 import tempfile
 import time
 
@@ -31,11 +29,7 @@ class _NoText:
 def _teacher_config(preset: str):
     from comd_jax import config as config_lib
 
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "comd.py")
-    spec = importlib.util.spec_from_file_location("comd_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return config_lib.model_config(module.get_config(preset).teacher)
+    return config_lib.model_config(config_lib.preset(preset).teacher)
 
 
 def _ours(model, prompts: np.ndarray, new: int, repeats: int) -> float:

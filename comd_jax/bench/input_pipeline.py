@@ -13,21 +13,15 @@ the whole machine, and the ratio pipeline/step is printed last (goal: >= 3).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def _experiment_config(preset: str):
-    spec = importlib.util.spec_from_file_location(
-        "comd_config", os.path.join(REPO, "configs", "comd.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(preset)
+    from comd_jax import config as config_lib
+
+    return config_lib.preset(preset)
 
 
 def _pipeline(workdir: str, model_cfg, batch_size: int, buckets: tuple[int, ...]):
