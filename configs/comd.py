@@ -99,7 +99,8 @@ def _offline(text_width, layers, vision_width, vision_layers, patch_size=8):
     vision = dict(hidden_size=vision_width, intermediate_size=vision_width * 4, num_layers=vision_layers,
                   num_heads=max(vision_width // 32, 1), image_size=32,
                   # 8 px: 16 image tokens, cheap, but a small object (7 px) sits inside one patch and a
-                  # from-scratch tower barely learns its shape (README); 4 px: 64 tokens, the models look
+                  # from-scratch tower barely learns its shape; 4 px: 64 tokens, and a student tuned
+                  # as the ablation tunes it reads colours (README, "Why no model looked")
                   patch_size=patch_size)
     return _model(text, vision, image_token_id=4)
 
@@ -188,8 +189,8 @@ def _ablation():
     c.data.num_instructions = 24000
     c.teacher_pretrain.total_steps = 300
     c.teacher_tune.total_steps = 1200
-    # 4 px patches (64 image tokens) for both models: with 8 px ones neither the teacher nor the
-    # student reads colours from the pixels (README), so there was nothing for the rounds to teach.
+    # 4 px patches (64 image tokens) for both models: with 8 px ones no model read colours from
+    # the pixels (README), so the rounds had nothing visual to teach.
     c.model = _offline(128, 4, 64, 2, patch_size=4)
     c.teacher = _offline(256, 6, 128, 3, patch_size=4)
     for name in ("stage0", "stage1", "teacher_pretrain"):

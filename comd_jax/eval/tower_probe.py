@@ -1,7 +1,7 @@
 """Can a from-scratch vision tower of a given size see the offline world at all?
 
   python -m comd_jax.eval.tower_probe --config=configs/comd.py:ablation [--section=teacher] \
-      [--steps=1500] [--batch=64] [--patch_size=4]
+      [--steps=1500] [--batch=64] [--patch_size=4] [--image_size=64]
 
 Trains the config's vision tower alone, with direct labels, on scenes of one
 object: a linear head on LLaVA's features (feature layer, CLS dropped,
@@ -120,12 +120,15 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--patch_size", type=int, default=0, help="override the config's (0: keep)")
+    parser.add_argument("--image_size", type=int, default=0, help="override the config's (0: keep)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     config = config_lib.load_config_file(args.config)
     section = config[args.section]
     if args.patch_size:
         section.vision.patch_size = args.patch_size
+    if args.image_size:
+        section.vision.image_size = args.image_size
     vlm_cfg = config_lib.model_config(section)
     v = vlm_cfg.vision
     print(f"{args.config} {args.section}: tower {v.hidden_size} wide, {v.num_layers} layers, {v.image_size} px "
