@@ -6,12 +6,12 @@
 Trains the config's vision tower alone, with direct labels, on scenes of one
 object: a linear head on LLaVA's features (feature layer, CLS dropped,
 averaged over the patches) predicts the object's shape (4 classes) and colour
-(6 classes). It prints held-out accuracy as it goes. Colour is one patch's
-mean pixel; shape needs the pixels' arrangement, which is what the world's
-questions hinge on ("What colour is the diamond?" names the object by its
-shape). A tower that cannot learn shapes here, with a label on every scene,
-will not learn them from a few answer tokens of instruction tuning: check
-this before spending a teacher run on a new image size or patch size.
+(6 classes). It prints held-out accuracy as it goes. Colour can be read off
+any one pixel of the object; shape needs the pixels' arrangement, and the
+world's questions hinge on it ("What colour is the diamond?" names the object
+by its shape). A tower that cannot learn shapes here, with a label on every
+scene, will not learn them from a few answer tokens of instruction tuning:
+check this before spending a teacher run on a new image size or patch size.
 """
 from __future__ import annotations
 
@@ -107,8 +107,6 @@ def probe(vlm_cfg, *, steps: int, batch: int = 64, learning_rate: float = 1e-3, 
             log(f"step {step}: loss {row['loss']:.3f}  shape {row['shape_accuracy']:.1%} "
                 f"(chance {1 / len(SHAPES):.0%})  colour {row['colour_accuracy']:.1%} "
                 f"(chance {1 / len(COLOURS):.0%})  [{row['seconds']:.0f} s]")
-            if step == steps:
-                break
     return history
 
 
