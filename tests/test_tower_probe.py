@@ -24,11 +24,11 @@ def test_a_small_tower_learns_colour_well_above_chance():
     history = tower_probe.probe(cfg, steps=100, batch=32, num_train=1024, num_test=200, evals=2, log=lambda _: None)
     assert [h["step"] for h in history] == [50, 100]
     assert history[-1]["colour_accuracy"] > 0.5  # chance is 1/6
-    assert 0.0 <= history[-1]["shape_accuracy"] <= 1.0
 
 
 def test_command_line_overrides_the_patch_and_image_size(capsys):
-    argv = ["--config=configs/comd.py:smoke", "--steps=2", "--batch=4", "--patch_size=4", "--image_size=16"]
+    argv = [f"--config={config_lib.DEFAULT_CONFIG_FILE}:smoke", "--steps=2", "--batch=4",
+            "--patch_size=4", "--image_size=16"]
     assert tower_probe.main(argv) == 0
     out = capsys.readouterr().out
     assert "16 px images in 4 px patches (16 tokens)" in out and "step 2:" in out
