@@ -11,7 +11,7 @@ Presets via the argument:   --config=configs/comd.py:smoke | :paper | :ablation
 - paper: Vicuna-7B + CLIP ViT-L/14-336 + mlp2x_gelu student, LLaVA-1.5-13B teacher,
   LLaVA-1.5 recipes (stage 1: lr 1e-3, batch 256; tuning: lr 2e-5, batch 128, cosine, 3% warmup).
 - ablation: CoMD vs plain distillation on the world's generator with 24000 instructions and a longer-trained
-  teacher (about 70 min for 3 seeds; outside the default run's 15-minute budget).
+  teacher (about 80 min for 3 seeds; outside the default run's 15-minute budget).
 
 LoRA instead of full LLM tuning (when memory is short):
   --config.model.lora_rank=128 --config.model.lora_alpha=256 \
