@@ -10,8 +10,9 @@ data gradient g·Wᵀ, the weight gradient xᵀ·g), alone, one side after the o
 in alternating rounds, and prints GFLOP/s per shape. Last, the ratio of the
 total time of all of them, torch/ours, each shape counted as often as the step
 runs it: how fast our step could be against torch if everything but the
-GEMMs cost nothing on both sides. A step ratio near this number means the gap
-is the kernels, not our code.
+GEMMs cost nothing on both sides. Measured in isolation, with warm caches: inside
+the step the same GEMMs run slower on both sides, and MKL called from our step
+through an XLA FFI call took as long as XLA's own kernels (BENCHMARKS.md).
 """
 from __future__ import annotations
 
