@@ -10,9 +10,10 @@ data gradient g·Wᵀ, the weight gradient xᵀ·g), alone, one side after the o
 in alternating rounds, and prints GFLOP/s per shape. Last, the ratio of the
 total time of all of them, torch/ours, each shape counted as often as the step
 runs it: how fast our step could be against torch if everything but the
-GEMMs cost nothing on both sides. Measured in isolation, with warm caches: inside
-the step the same GEMMs run slower on both sides, and MKL called from our step
-through an XLA FFI call took as long as XLA's own kernels (BENCHMARKS.md).
+GEMMs cost nothing on both sides. These are isolated, warm-cache figures. In
+profiles of the steps, the same GEMMs ran slower on both sides, and MKL called
+from our step through an XLA FFI call took as long as XLA's own kernels
+(BENCHMARKS.md).
 """
 from __future__ import annotations
 
