@@ -1,4 +1,4 @@
-"""The matmul ceiling of the train-step benchmark: XLA:CPU's float32 GEMMs vs torch's, same shapes.
+"""The train-step benchmark's GEMMs in isolation: XLA:CPU's float32 kernels vs torch's, same shapes.
 
     python -m comd_jax.bench.gemm [--rounds=5 --steps=5 --hidden=512 ...]   (train_step's size flags)
 
@@ -80,7 +80,7 @@ def report(r: dict) -> None:
         print(f"{row['gemm']:8s} {row['form']:6s} {shape:>20s} {row['count']:8d} "
               f"{row['ours_gflops']:13.1f} {row['torch_gflops']:14.1f}")
     print(f"all GEMMs of one step: ours {r['total_s']['ours'] * 1e3:.1f} ms, torch {r['total_s']['torch'] * 1e3:.1f} ms")
-    print(f"ratio (torch/ours GEMM time, the step ratio's ceiling from kernels alone): {r['ratio']:.3f}")
+    print(f"ratio (torch/ours GEMM time, isolated kernels): {r['ratio']:.3f}")
 
 
 def main(argv=None) -> None:
