@@ -20,6 +20,7 @@ def test_train_step_bench_runs_and_both_sides_agree():
     # Same weights, same batch: the first losses of the two steps must agree.
     np.testing.assert_allclose(r["first_loss"]["ours"], r["first_loss"]["torch"], rtol=1e-4)
     assert r["tokens"] == 32 and r["model_flops"] > 0 and r["ratio"] > 0
+    assert r["head_positions"] == (8, 16)  # ours ran the LM head where targets are; torch everywhere
 
 
 def test_flops_count_the_frozen_tower_forward_only():

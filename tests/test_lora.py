@@ -19,7 +19,7 @@ from comd_jax.models import build
 from comd_jax.models.lora import LoraDense, is_adapter, merge_lora
 from comd_jax.train.optim import OptimConfig, count
 from comd_jax.train.state import create_setup, init_state
-from comd_jax.train.step import build_train_step
+from comd_jax.train.step import build_train_step, host_batch
 
 RANK, ALPHA = 4, 8.0
 
@@ -51,7 +51,7 @@ def trained(tmp_path_factory):
     state = init_state(setup, params=nnx.state(model).to_pure_dict())
     before = _flat(state.params)
     step = build_train_step(setup)
-    batch = _train_batch(model.cfg)
+    batch = host_batch(_train_batch(model.cfg), setup)
     for i in range(3):  # B starts at 0, so A's gradient is 0 until B has moved
         state, _ = step(state, batch, jax.random.key(i))
     return dict(torch_base=torch_base, setup=setup, before=before, after=_flat(state.params),

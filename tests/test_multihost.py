@@ -111,6 +111,18 @@ def tiny_generate() -> dict:
     return out
 
 
+def target_index_shape() -> list:
+    """The LM head's target index for a host-local batch whose rows have 8 targets on
+    process 0 and 40 on process 1: every process must build the same global shape."""
+    import jax
+
+    from comd_jax.train import targets
+
+    mask = np.zeros((2, 64), np.float32)
+    mask[:, 64 - (8 if jax.process_index() == 0 else 40):] = 1
+    return list(targets.target_index(mask).shape)
+
+
 def files_under(root: str) -> dict:
     out = {}
     for folder, _, names in os.walk(root):
@@ -204,6 +216,11 @@ def test_greedy_decoding_of_a_model_spanning_both_processes(job):
     assert len(p0["generate"]["global"]) == 2 and len(p0["generate"]["global"][0]) == 6
 
 
+def test_processes_agree_on_the_lm_heads_target_index_width(job):
+    _, (p0, p1), _ = job
+    assert p0["target_index"] == p1["target_index"] == [2, 40]  # process 0 alone would pick 8
+
+
 def test_rounds_refuse_an_object_store_workdir():
     from comd_jax.distill import rounds
 
@@ -219,7 +236,7 @@ def main(process_id: int, port: int, workdir: str, report: str):
     counts = Counts()
     state = run_loop(workdir, counts)
     result = {"process": [jax.process_index(), jax.process_count()], "state": state, "counts": counts,
-              "generate": tiny_generate()}
+              "generate": tiny_generate(), "target_index": target_index_shape()}
     with open(report, "w") as f:
         json.dump(result, f)
 

@@ -12,7 +12,7 @@ from comd_jax import sharding as shd
 from comd_jax.models import DecoderConfig, VisionConfig, VLMConfig
 from comd_jax.train.optim import OptimConfig
 from comd_jax.train.state import create_setup, init_state
-from comd_jax.train.step import build_train_step
+from comd_jax.train.step import build_train_step, host_batch
 
 def tiny(vocab=128, hidden=64, layers=2):
     return VLMConfig(
@@ -43,6 +43,9 @@ cfg = tiny()
 # sign depends on reduction order, which would test Adam, not sharding.
 optim = OptimConfig(learning_rate=1e-2, warmup_ratio=0.0, total_steps=10, eps=1e-3)
 data = batch(cfg)
+# 22 targets in 40 positions: the LM head runs on the gathered 25, on every mesh.
+assert host_batch(data, create_setup(cfg, optim, shd.make_mesh((1, 1, 1), jax.devices()[:1]), "fsdp"))[
+    "target_index"].shape == (8, 25)
 result = {}
 # fsdp8 also accumulates over 2 microbatches: equal to one full-batch step.
 layouts = {"single": ((1, 1, 1), "fsdp", 1), "dp8": ((8, 1, 1), "dp", 1), "fsdp8": ((1, 8, 1), "fsdp", 2),
@@ -55,7 +58,7 @@ for name, (shape, recipe, accum) in layouts.items():
     step = build_train_step(setup, accum)
     losses = []
     for i in range(2):
-        state, metrics = step(state, data, jax.random.key(i))
+        state, metrics = step(state, host_batch(data, setup), jax.random.key(i))
         losses.append(float(metrics["loss"]))
     flat = flatten_dict(jax.tree.map(lambda x: np.asarray(x).tolist(), state.params))
     result[name] = {"losses": losses, "params": {"/".join(map(str, k)): v for k, v in flat.items()},
@@ -95,7 +98,7 @@ state = init_state(setup, seed=0)
 for path, leaf in flatten_dict(state.params).items():
     if leaf.size > 1_000_000:
         result["large"]["/".join(map(str, path))] = [list(leaf.shape), list(leaf.addressable_shards[0].data.shape)]
-abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch(cfg, b=8))
+abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), host_batch(batch(cfg, b=8), setup))
 for n in (1, 2, 8):
     mesh = shd.make_mesh((1, n, 1), jax.devices()[:n])
     setup = create_setup(cfg, optim, mesh, "fsdp")

@@ -53,7 +53,9 @@ def abstract_batch(setup, global_batch: int, seq_len: int, images: int = 1) -> d
 
     shapes = {"input_ids": ((global_batch, seq_len), jnp.int32),
               "attention_mask": ((global_batch, seq_len), jnp.int32),
-              "loss_mask": ((global_batch, seq_len), jnp.float32)}
+              "loss_mask": ((global_batch, seq_len), jnp.float32),
+              # every position: the LM head's worst case, so the memory printed is an upper bound
+              "target_index": ((global_batch, seq_len), jnp.int32)}
     vision = setup.model_cfg.vision
     if vision is not None:
         shapes["pixel_values"] = ((global_batch, images, vision.image_size, vision.image_size,

@@ -77,13 +77,13 @@ def _our_step(cfg, params, batch: dict):
     from comd_jax import sharding as shd
     from comd_jax.train.optim import OptimConfig
     from comd_jax.train.state import create_setup, init_state
-    from comd_jax.train.step import batch_shardings, build_train_step
+    from comd_jax.train.step import batch_shardings, build_train_step, host_batch
 
     mesh = shd.make_mesh((1, 1, 1), jax.devices()[:1])
     optim = OptimConfig(learning_rate=1e-4, warmup_ratio=0.0, schedule="constant", total_steps=10 ** 6)
     setup = create_setup(cfg, optim, mesh, "fsdp")
     holder = {"state": init_state(setup, params=jax.device_put(params, setup.state_shardings.params))}
-    device_batch = jax.device_put(batch, batch_shardings(setup))
+    device_batch = jax.device_put(host_batch(batch, setup), batch_shardings(setup))
     rng = jax.random.key(0)
     compiled = build_train_step(setup, 1).lower(holder["state"], device_batch, rng).compile()
 

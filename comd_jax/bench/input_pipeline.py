@@ -67,7 +67,7 @@ def _time_step(cfg, batches):
     from comd_jax import config as config_lib
     from comd_jax import sharding as shd
     from comd_jax.train.state import create_setup, init_state
-    from comd_jax.train.step import batch_keys, batch_shardings, build_train_step
+    from comd_jax.train.step import batch_shardings, build_train_step, host_batch
 
     model_cfg = config_lib.model_config(cfg.model)
     mesh = shd.make_mesh((1, 1, 1), jax.devices()[:1])
@@ -76,7 +76,7 @@ def _time_step(cfg, batches):
     step, rng = build_train_step(setup, 1), jax.random.key(0)
     shardings = batch_shardings(setup)
     device_batches = [
-        jax.device_put({k: b[k] for k in batch_keys(setup)}, shardings) for b in batches
+        jax.device_put(host_batch(b, setup), shardings) for b in batches
     ]
     compiled = {}
     for b in device_batches:  # one compile per length bucket, outside the timing

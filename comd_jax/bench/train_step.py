@@ -74,20 +74,27 @@ def make_batch(size: Size, cfg, seed: int = 0) -> dict:
     return {"input_ids": ids, "attention_mask": mask, "loss_mask": loss, "pixel_values": px}
 
 
-def build_ours(cfg, batch: dict, seed: int = 0):
-    """(run one step and block → loss, holder of the train state, setup, compiled step)."""
+def build_ours(cfg, batch: dict, seed: int = 0, full_head: bool = False):
+    """(run one step and block → loss, holder of the train state, setup, compiled step, batch as fed).
+
+    `full_head`: the LM head at every position, as transformers runs it, instead of
+    only at the positions that predict a target (train/targets.py)."""
     import jax
 
     from comd_jax import sharding as shd
     from comd_jax.train.optim import OptimConfig
     from comd_jax.train.state import create_setup, init_state
-    from comd_jax.train.step import batch_shardings, build_train_step
+    from comd_jax.train.step import batch_shardings, build_train_step, host_batch
 
     mesh = shd.make_mesh((1, 1, 1), jax.devices()[:1])
     optim = OptimConfig(learning_rate=1e-4, warmup_ratio=0.0, schedule="constant", total_steps=10 ** 6)
     setup = create_setup(cfg, optim, mesh, "fsdp")
     holder = {"state": init_state(setup, seed)}
-    device_batch = jax.device_put(batch, batch_shardings(setup))
+    fed = host_batch(batch, setup)
+    if full_head:
+        b, t = batch["input_ids"].shape
+        fed["target_index"] = np.tile(np.arange(t, dtype=np.int32), (b, 1))
+    device_batch = jax.device_put(fed, batch_shardings(setup))
     step = build_train_step(setup, 1)
     rng = jax.random.key(0)
     compiled = step.lower(holder["state"], device_batch, rng).compile()
@@ -97,7 +104,7 @@ def build_ours(cfg, batch: dict, seed: int = 0):
         jax.block_until_ready(holder["state"])
         return float(metrics["loss"])
 
-    return run, holder, setup, compiled
+    return run, holder, setup, compiled, fed
 
 
 def build_torch(setup, params, batch: dict, threads: int):
@@ -115,7 +122,8 @@ def build_torch(setup, params, batch: dict, threads: int):
     return lambda: step(inputs)
 
 
-def run(size: Size = Size(), rounds: int = 5, steps: int = 3, peak_n: int = 2048, **model_overrides) -> dict:
+def run(size: Size = Size(), rounds: int = 5, steps: int = 3, peak_n: int = 2048, full_head: bool = False,
+        **model_overrides) -> dict:
     """Measure both steps; returns the numbers `main` prints (used by tests at tiny sizes)."""
     import jax
 
@@ -124,7 +132,7 @@ def run(size: Size = Size(), rounds: int = 5, steps: int = 3, peak_n: int = 2048
     load_before = os.getloadavg()[0]
     cfg = model_config(size, **model_overrides)
     batch = make_batch(size, cfg)
-    ours, holder, setup, compiled = build_ours(cfg, batch)
+    ours, holder, setup, compiled, fed = build_ours(cfg, batch, full_head=full_head)
     theirs = build_torch(setup, holder["state"].params, batch, threads=os.cpu_count() or 1)
     first = {"ours": ours(), "torch": theirs()}  # warm-up; same weights, so the losses agree
     meter = timing.MatmulPeak(peak_n)
@@ -135,6 +143,7 @@ def run(size: Size = Size(), rounds: int = 5, steps: int = 3, peak_n: int = 2048
     tokens = size.batch * size.seq_len
     out = {"first_loss": first, "peak": peak, "model_flops": model_flops, "tokens": tokens,
            "times": times, "unroll_layers": cfg.unroll_layers, "jax": jax.__version__,
+           "head_positions": (fed["target_index"].shape[1], size.seq_len),
            "load": (load_before, os.getloadavg()[0])}
     for name in ("ours", "torch"):
         t = times[name]
@@ -153,6 +162,9 @@ def report(r: dict) -> None:
     print(f"matmul peak     {r['peak']['wall'] / 1e9:.1f} GFLOP/s wall, {r['peak']['cpu'] / 1e9:.1f} GFLOP per "
           f"CPU-second (float32 XLA matmul, best seen over the run)")
     print(f"model FLOPs     {r['model_flops'] / 1e9:.2f} GFLOP/step, {r['tokens']} tokens/step")
+    k, t = r["head_positions"]
+    print(f"LM head         ours at {k} of {t} positions per row ({'every position' if k == t else 'those predicting a target'}), "
+          f"torch at all {t}")
     for name in ("ours", "torch"):
         t = r["times"][name]
         print(f"{name:6s} step    best {t['best'] * 1e3:7.1f} ms  median {t['median'] * 1e3:7.1f} ms  "
@@ -171,12 +183,14 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3, help="steps per round")
     parser.add_argument("--scan", action="store_true", help="scan the layers instead of unrolling them")
+    parser.add_argument("--full_head", action="store_true",
+                        help="run our LM head at every position (transformers' work) instead of only where a target is")
     for field in dataclasses.fields(Size):
         parser.add_argument(f"--{field.name}", type=int, default=field.default)
     args = parser.parse_args(argv)
     size = Size(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Size)})
     print(f"size: {size}")
-    report(run(size, args.rounds, args.steps, unroll_layers=not args.scan))
+    report(run(size, args.rounds, args.steps, full_head=args.full_head, unroll_layers=not args.scan))
 
 
 if __name__ == "__main__":

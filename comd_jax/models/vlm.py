@@ -77,6 +77,11 @@ class VLM(nnx.Module):
     # -- training / scoring -----------------------------------------------------
     def __call__(self, input_ids, pixel_values=None, attention_mask=None, positions=None):
         """Training layout: pixel_values [B, M, H, W, C]. Returns float32 logits [B, T, V]."""
+        return self.text.logits(self.hidden_states(input_ids, pixel_values, attention_mask, positions))
+
+    def hidden_states(self, input_ids, pixel_values=None, attention_mask=None, positions=None):
+        """The decoder's final (normed) hidden states [B, T, D], before the LM head; the
+        train step picks the positions that predict a target from these."""
         b, t = input_ids.shape
         pixels, offsets = None, None
         if pixel_values is not None and self.vision is not None:
@@ -87,7 +92,7 @@ class VLM(nnx.Module):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t), (b, t))
         hidden, _ = self.text(embeds, positions, attention_mask)
-        return self.text.logits(hidden)
+        return hidden
 
     def logits(self, input_ids, pixel_values=None, attention_mask=None):
         """transformers' LLaVA convention: each image's placeholder repeated once per

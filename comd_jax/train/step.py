@@ -2,7 +2,8 @@
 
 Loss: next-token cross-entropy on positions whose `loss_mask` is 1, normalized
 by the number of target tokens in the whole global batch, so gradient
-accumulation over microbatches gives exactly the full-batch gradient.
+accumulation over microbatches gives exactly the full-batch gradient. The LM
+head runs only at positions that predict a target (`target_index`, targets.py).
 """
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from comd_jax import sharding as shd
+from comd_jax.train import targets as targets_lib
 from comd_jax.train.optim import TRAIN, schedule
 from comd_jax.train.state import Setup, TrainState
 
@@ -41,12 +44,22 @@ def cross_entropy(logits_btv, targets_bt):
 
 
 def token_losses(model, batch):
-    """Summed next-token NLL, target count and correct count over one (micro)batch."""
-    logits = model(batch["input_ids"], batch.get("pixel_values"), batch["attention_mask"])
+    """Summed next-token NLL, target count and correct count over one (micro)batch.
+
+    With `target_index` [B, K] (see targets.py) and K < T, the LM head runs only
+    at the listed positions; without it, or with K == T, at every position.
+    """
     # Shift the small targets, not the [B, T, V] logits: slicing the logits copies
     # them forward and pads their gradient backward. The last position weighs 0.
     targets = _shift_left(batch["input_ids"])
     weights = _shift_left(batch["loss_mask"].astype(jnp.float32))
+    index = batch.get("target_index")
+    if index is None or index.shape[1] == targets.shape[1]:
+        logits = model(batch["input_ids"], batch.get("pixel_values"), batch["attention_mask"])
+    else:
+        hidden = model.hidden_states(batch["input_ids"], batch.get("pixel_values"), batch["attention_mask"])
+        logits = model.text.logits(targets_lib.gather(hidden, index))
+        targets, weights = targets_lib.gather(targets, index), targets_lib.gather(weights, index)
     nll, correct = cross_entropy(logits, targets)
     return jnp.sum(nll * weights), jnp.sum(weights), jnp.sum(correct.astype(jnp.float32) * weights)
 
@@ -117,12 +130,23 @@ def build_train_step(setup: Setup, grad_accum_steps: int = 1) -> Callable:
                    donate_argnums=(0,))
 
 
-BATCH_NDIMS = {"input_ids": 2, "attention_mask": 2, "loss_mask": 2, "pixel_values": 5}
+BATCH_NDIMS = {"input_ids": 2, "attention_mask": 2, "loss_mask": 2, "pixel_values": 5, "target_index": 2}
 
 
 def batch_keys(setup: Setup) -> tuple:
-    """What the step consumes: pixel_values only when the model has a vision tower."""
+    """What the step consumes: pixel_values only when the model has a vision tower;
+    target_index (which positions the LM head runs on) is added by `host_batch`."""
     return tuple(k for k in BATCH_NDIMS if k != "pixel_values" or setup.model_cfg.vision is not None)
+
+
+def host_batch(batch: dict, setup: Setup, capacity_steps: int = targets_lib.CAPACITY_STEPS) -> dict:
+    """A pipeline batch (host numpy) → exactly the arrays the step takes, with the
+    LM head's `target_index` computed from the loss mask (`capacity_steps`: see
+    targets.py; 0 = every position). On a multi-host job every process must call
+    this for every batch (the hosts agree on the index's width)."""
+    out = {k: np.asarray(batch[k]) for k in batch_keys(setup) if k != "target_index"}
+    out["target_index"] = targets_lib.target_index(out["loss_mask"], steps=capacity_steps)
+    return out
 
 
 def batch_shardings(setup: Setup) -> dict:

@@ -15,7 +15,6 @@ import os
 from typing import Callable, Iterable, Optional
 
 import jax
-import numpy as np
 from flax.traverse_util import flatten_dict
 
 from comd_jax.models.config import VLMConfig
@@ -23,7 +22,8 @@ from comd_jax.train.checkpoint import StageCheckpoints
 from comd_jax.train.metrics import MetricsLogger, Throughput
 from comd_jax.train.optim import FROZEN, TRAIN, OptimConfig, count
 from comd_jax.train.state import Setup, TrainState, create_setup, init_state
-from comd_jax.train.step import batch_keys, batch_shardings, build_eval_step, build_train_step
+from comd_jax.train.step import batch_shardings, build_eval_step, build_train_step, host_batch
+from comd_jax.train.targets import CAPACITY_STEPS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +38,7 @@ class StageConfig:
     save_every: int = 50
     keep_checkpoints: int = 2
     async_checkpoints: bool = True
+    head_capacity_steps: int = CAPACITY_STEPS  # LM head at target positions (train/targets.py); 0: everywhere
 
     @property
     def total_steps(self) -> int:
@@ -72,13 +73,14 @@ def describe(setup: Setup, stage: StageConfig, start_step: int) -> str:
     return "\n".join(lines)
 
 
-def evaluate(eval_step, params, batches: Iterable[dict], setup: Setup) -> dict:
+def evaluate(eval_step, params, batches: Iterable[dict], setup: Setup,
+             capacity_steps: int = CAPACITY_STEPS) -> dict:
     """Held-out loss and token accuracy over the given batches."""
     shardings = batch_shardings(setup)
     totals = {"nll_sum": 0.0, "target_tokens": 0.0, "correct": 0.0}
     for batch in batches:
-        device_batch = {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(batch[k]))
-                        for k in batch_keys(setup)}
+        device_batch = {k: jax.make_array_from_process_local_data(shardings[k], v)
+                        for k, v in host_batch(batch, setup, capacity_steps).items()}
         out = jax.device_get(eval_step(params, device_batch))
         for k in totals:
             totals[k] += float(out[k])
@@ -112,7 +114,7 @@ def train_stage(stage: StageConfig, model_cfg: VLMConfig, mesh, recipe: str, see
     eval_step = build_eval_step(setup)
     summary: dict = {"stage": stage.name, "resumed_from": start}
     if start == 0 and eval_data is not None:
-        summary["eval_before"] = evaluate(eval_step, state.params, eval_data(), setup)
+        summary["eval_before"] = evaluate(eval_step, state.params, eval_data(), setup, stage.head_capacity_steps)
         logger.scalars(0, summary["eval_before"], "eval")
         logger.print(f"[{stage.name}] held-out before: loss {summary['eval_before']['loss']:.4f}")
     train_step = build_train_step(setup, stage.grad_accum_steps)
@@ -122,8 +124,8 @@ def train_stage(stage: StageConfig, model_cfg: VLMConfig, mesh, recipe: str, see
     pending = []
     for step in range(start, stage.total_steps):
         batch = next(train_data)
-        device_batch = {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(batch[k]))
-                        for k in batch_keys(setup)}
+        device_batch = {k: jax.make_array_from_process_local_data(shardings[k], v)
+                        for k, v in host_batch(batch, setup, stage.head_capacity_steps).items()}
         state, metrics = train_step(state, device_batch, jax.random.fold_in(base_key, step))
         pending.append(metrics)
         done = step + 1
@@ -141,12 +143,12 @@ def train_stage(stage: StageConfig, model_cfg: VLMConfig, mesh, recipe: str, see
             throughput.reset()
         if eval_data is not None and stage.eval_every and done % stage.eval_every == 0 \
                 and done != stage.total_steps:
-            result = evaluate(eval_step, state.params, eval_data(), setup)
+            result = evaluate(eval_step, state.params, eval_data(), setup, stage.head_capacity_steps)
             logger.scalars(done, result, "eval")
     ckpts.save(stage.total_steps, state, {"data": train_data.get_state(), "seed": seed, "stage": stage.name},
                force=ckpts.latest_step() != stage.total_steps)
     if eval_data is not None:
-        summary["eval_after"] = evaluate(eval_step, state.params, eval_data(), setup)
+        summary["eval_after"] = evaluate(eval_step, state.params, eval_data(), setup, stage.head_capacity_steps)
         logger.scalars(stage.total_steps, summary["eval_after"], "eval")
     ckpts.close()
     logger.print(f"[{stage.name}] done at step {stage.total_steps}: "
