@@ -29,7 +29,7 @@ def stage_config(name: str, section) -> StageConfig:
         grad_accum_steps=section.grad_accum_steps, log_every=section.log_every, eval_every=section.eval_every,
         eval_batches=section.eval_batches, save_every=section.save_every,
         keep_checkpoints=section.keep_checkpoints,
-        head_capacity_steps=section.get("head_capacity_steps", StageConfig.head_capacity_steps))
+        head_capacity_steps=section.get("head_capacity_steps", 0))
 
 
 def _flops_per_step(model_cfg, section) -> float:

@@ -21,6 +21,7 @@ def test_train_step_bench_runs_and_both_sides_agree():
     np.testing.assert_allclose(r["first_loss"]["ours"], r["first_loss"]["torch"], rtol=1e-4)
     assert r["tokens"] == 32 and r["model_flops"] > 0 and r["ratio"] > 0
     assert r["head_positions"] == (8, 16)  # ours ran the LM head where targets are; torch everywhere
+    assert r["flops"]["ours"] < r["flops"]["torch"] == r["model_flops"]  # ours is credited only with that
 
 
 def test_flops_count_the_frozen_tower_forward_only():
@@ -32,6 +33,10 @@ def test_flops_count_the_frozen_tower_forward_only():
     assert f["total"] == f["text"] + f["projector"] + f["vision"]
     # The text part alone is at least 6 x tokens x matmul weights.
     assert f["text"] >= 6 * 32 * flops.decoder_matmul_params(cfg)
+    # The LM head at 10 of 16 positions per row: 6 x 2 rows x 6 positions x hidden x vocab less.
+    assert flops.train_step_flops(cfg, 2, 16, 1, head_positions=16) == f
+    fewer = flops.train_step_flops(cfg, 2, 16, 1, head_positions=10)
+    assert f["total"] - fewer["total"] == 6 * 2 * 6 * 64 * 128
 
 
 def test_compile_check_smoke_on_two_devices():

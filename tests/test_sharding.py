@@ -44,7 +44,7 @@ cfg = tiny()
 optim = OptimConfig(learning_rate=1e-2, warmup_ratio=0.0, total_steps=10, eps=1e-3)
 data = batch(cfg)
 # 22 targets in 40 positions: the LM head runs on the gathered 25, on every mesh.
-assert host_batch(data, create_setup(cfg, optim, shd.make_mesh((1, 1, 1), jax.devices()[:1]), "fsdp"))[
+assert host_batch(data, create_setup(cfg, optim, shd.make_mesh((1, 1, 1), jax.devices()[:1]), "fsdp"), 8)[
     "target_index"].shape == (8, 25)
 result = {}
 # fsdp8 also accumulates over 2 microbatches: equal to one full-batch step.
@@ -58,7 +58,7 @@ for name, (shape, recipe, accum) in layouts.items():
     step = build_train_step(setup, accum)
     losses = []
     for i in range(2):
-        state, metrics = step(state, host_batch(data, setup), jax.random.key(i))
+        state, metrics = step(state, host_batch(data, setup, capacity_steps=8), jax.random.key(i))
         losses.append(float(metrics["loss"]))
     flat = flatten_dict(jax.tree.map(lambda x: np.asarray(x).tolist(), state.params))
     result[name] = {"losses": losses, "params": {"/".join(map(str, k)): v for k, v in flat.items()},

@@ -90,7 +90,7 @@ def setup():
 
 
 def test_loss_and_gradients_equal_the_full_length_heads(setup):
-    batch = host_batch(_batch(setup.model_cfg), setup)
+    batch = host_batch(_batch(setup.model_cfg), setup, capacity_steps=8)
     assert batch["target_index"].shape == (4, 30)  # 28 targets at most, in steps of 48/8 = 6
     params = init_state(setup, seed=1).params
 
@@ -115,7 +115,7 @@ def test_loss_and_gradients_equal_the_full_length_heads(setup):
 def test_a_batch_without_targets_weighs_nothing(setup):
     batch = _batch(setup.model_cfg)
     batch["loss_mask"][:] = 0
-    batch = host_batch(batch, setup)
+    batch = host_batch(batch, setup, capacity_steps=8)
     assert batch["target_index"].shape == (4, 6) and (batch["target_index"] == 47).all()
     nll, count, correct = token_losses(setup.model(init_state(setup, seed=4).params), batch)
     assert (float(nll), float(count), float(correct)) == (0.0, 0.0, 0.0)

@@ -120,7 +120,8 @@ class ListData:
 def stage(total, trainable=(".*",), save_every=100):
     return StageConfig(name="s", optim=OptimConfig(learning_rate=3e-3, warmup_ratio=0.0, total_steps=total,
                                                    eps=1e-3, trainable=trainable),
-                       global_batch=8, log_every=1, save_every=save_every, async_checkpoints=False)
+                       global_batch=8, log_every=1, save_every=save_every, async_checkpoints=False,
+                       head_capacity_steps=8)  # the LM head at the 22 target positions of 40 (width 25)
 
 def flat(params):
     return {"/".join(map(str, k)): np.asarray(v) for k, v in flatten_dict(params).items()}

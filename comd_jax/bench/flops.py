@@ -23,11 +23,17 @@ def decoder_matmul_params(cfg: VLMConfig) -> int:
     return t.num_layers * (attn + mlp) + t.hidden_size * t.vocab_size
 
 
-def train_step_flops(cfg: VLMConfig, batch: int, seq_len: int, images_per_sample: int) -> dict:
-    """Model FLOPs of one step, split by part; vision frozen, projector and LLM trained."""
+def train_step_flops(cfg: VLMConfig, batch: int, seq_len: int, images_per_sample: int,
+                     head_positions: int | None = None) -> dict:
+    """Model FLOPs of one step, split by part; vision frozen, projector and LLM trained.
+
+    `head_positions`: the positions per row the LM head runs at (train/targets.py);
+    default every position, as the conventional count and transformers do."""
     t = cfg.text
     tokens = batch * seq_len
     text = 6 * tokens * decoder_matmul_params(cfg)
+    if head_positions is not None:
+        text -= 6 * batch * (seq_len - head_positions) * t.hidden_size * t.vocab_size
     # QK^T and PV: 2 matmuls of 2*T*T*head_dim per head, forward; x3 with backward.
     text += 3 * t.num_layers * batch * 2 * (2 * seq_len * seq_len * t.head_dim * t.num_heads)
     out = {"text": text, "projector": 0, "vision": 0}

@@ -3,7 +3,8 @@
 Loss: next-token cross-entropy on positions whose `loss_mask` is 1, normalized
 by the number of target tokens in the whole global batch, so gradient
 accumulation over microbatches gives exactly the full-batch gradient. The LM
-head runs only at positions that predict a target (`target_index`, targets.py).
+head runs at the positions `target_index` lists: every position, or, when a
+stage opts in, only those that predict a target (targets.py).
 """
 from __future__ import annotations
 
@@ -139,11 +140,12 @@ def batch_keys(setup: Setup) -> tuple:
     return tuple(k for k in BATCH_NDIMS if k != "pixel_values" or setup.model_cfg.vision is not None)
 
 
-def host_batch(batch: dict, setup: Setup, capacity_steps: int = targets_lib.CAPACITY_STEPS) -> dict:
+def host_batch(batch: dict, setup: Setup, capacity_steps: int = 0) -> dict:
     """A pipeline batch (host numpy) → exactly the arrays the step takes, with the
     LM head's `target_index` computed from the loss mask (`capacity_steps`: see
-    targets.py; 0 = every position). On a multi-host job every process must call
-    this for every batch (the hosts agree on the index's width)."""
+    targets.py; 0 = every position, e.g. 8 = target positions in widths of T/8).
+    On a multi-host job every process must call this for every batch (the hosts
+    agree on the index's width)."""
     out = {k: np.asarray(batch[k]) for k in batch_keys(setup) if k != "target_index"}
     out["target_index"] = targets_lib.target_index(out["loss_mask"], steps=capacity_steps)
     return out

@@ -12,9 +12,12 @@ T/CAPACITY_STEPS: a jitted step compiles once per (length bucket, capacity),
 a handful of shapes, not once per batch. Rows with fewer targets fill up with
 position T-1, which predicts nothing (its weight is 0). K == T means "every
 position": the step then skips the gather and runs the plain full-length head.
-Each capacity is one more compile of the step; with steps = 0 the head always
-runs at every position (one compile per length bucket), which is cheaper for
-runs too short to earn back the compiles (the smoke preset).
+Each capacity is one more compile of the step, so it is opt-in per stage
+(`head_capacity_steps`, 0 = off: the head at every position, one compile per
+length bucket). It pays where the head is a large share of the model's work (a
+big vocabulary on a small model) and the stage runs long enough to earn back the
+compiles; on the offline default run, whose head is small, it costs more
+(BENCHMARKS.md, "The LM head only where a target is").
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-CAPACITY_STEPS = 8
+CAPACITY_STEPS = 8  # when on: widths in multiples of T/8
 
 
 def predicting(loss_mask: np.ndarray) -> np.ndarray:

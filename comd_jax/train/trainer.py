@@ -23,7 +23,6 @@ from comd_jax.train.metrics import MetricsLogger, Throughput
 from comd_jax.train.optim import FROZEN, TRAIN, OptimConfig, count
 from comd_jax.train.state import Setup, TrainState, create_setup, init_state
 from comd_jax.train.step import batch_shardings, build_eval_step, build_train_step, host_batch
-from comd_jax.train.targets import CAPACITY_STEPS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +37,7 @@ class StageConfig:
     save_every: int = 50
     keep_checkpoints: int = 2
     async_checkpoints: bool = True
-    head_capacity_steps: int = CAPACITY_STEPS  # LM head at target positions (train/targets.py); 0: everywhere
+    head_capacity_steps: int = 0  # 0: LM head at every position; e.g. 8: only at targets (train/targets.py)
 
     @property
     def total_steps(self) -> int:
@@ -73,8 +72,7 @@ def describe(setup: Setup, stage: StageConfig, start_step: int) -> str:
     return "\n".join(lines)
 
 
-def evaluate(eval_step, params, batches: Iterable[dict], setup: Setup,
-             capacity_steps: int = CAPACITY_STEPS) -> dict:
+def evaluate(eval_step, params, batches: Iterable[dict], setup: Setup, capacity_steps: int = 0) -> dict:
     """Held-out loss and token accuracy over the given batches."""
     shardings = batch_shardings(setup)
     totals = {"nll_sum": 0.0, "target_tokens": 0.0, "correct": 0.0}
