@@ -1,4 +1,5 @@
-"""Which positions the LM head runs on in training: only those that predict a target.
+"""Which positions the LM head runs on in training: every position, or (a stage
+opting in) only those that predict a target.
 
 In LLaVA-style batches most positions carry no loss: the image tokens, the
 system prompt, the user's turns and the padding. Their logits would cost an LM
