@@ -72,6 +72,8 @@ def target_index(loss_mask: np.ndarray, k: int | None = None, steps: int = CAPAC
     if counts.max(initial=0) > k:
         row = int(np.argmax(counts))
         raise ValueError(f"row {row} has {int(counts[row])} targets, more than the capacity {k}")
+    if k == t:  # every position: the step runs the plain head and reads no index
+        return np.tile(np.arange(t, dtype=np.int32), (b, 1))
     order = np.argsort(~mask, axis=1, kind="stable")[:, :k]  # targets first, in position order
     return np.where(np.arange(k)[None] < counts[:, None], order, t - 1).astype(np.int32)
 
