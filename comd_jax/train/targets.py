@@ -45,10 +45,9 @@ def capacity(max_targets: int, length: int, steps: int = CAPACITY_STEPS) -> int:
     return min(length, max(1, -(-int(max_targets) // quantum)) * quantum)
 
 
-def max_targets(loss_mask: np.ndarray) -> int:
-    """The largest number of target-predicting positions in one row; on a multi-host job,
-    the largest over every host's rows, so all hosts build the same [B, K] shape."""
-    local = int(predicting(loss_mask).sum(axis=1).max(initial=0))
+def agreed_max(local: int) -> int:
+    """`local` on a single-host job; on a multi-host job the largest over every host,
+    so all hosts build the same [B, K] shape."""
     if jax.process_count() == 1:
         return local
     from jax.experimental import multihost_utils
@@ -59,14 +58,14 @@ def max_targets(loss_mask: np.ndarray) -> int:
 def target_index(loss_mask: np.ndarray, k: int | None = None, steps: int = CAPACITY_STEPS) -> np.ndarray:
     """int32 [B, K]: each row's target-predicting positions in order, then T-1 as filler.
 
-    K defaults to `capacity(max_targets(loss_mask), T, steps)`; a given K smaller than
+    K defaults to `capacity(largest row count over all hosts, T, steps)`; a given K smaller than
     a row's target count is an error (those targets would silently drop out of the loss).
     """
     mask = predicting(loss_mask)
     b, t = mask.shape
     counts = mask.sum(axis=1)
     if k is None:
-        k = t if steps == 0 else capacity(max_targets(loss_mask), t, steps)
+        k = t if steps == 0 else capacity(agreed_max(int(counts.max(initial=0))), t, steps)
     if not 0 < k <= t:
         raise ValueError(f"target capacity {k} is outside 1..{t} (the batch length)")
     if counts.max(initial=0) > k:
