@@ -129,6 +129,9 @@ def _default():
     # Starting weights: a transformers-format directory ("" = random, as the offline world wants),
     # plus a CLIP directory when init_from is a plain Llama/Vicuna.
     c.init_from, c.init_vision_from, c.init_required = "", "", False
+    # JAX's persistent compilation cache (comd_jax/compile_cache.py): relative to the workdir, so a
+    # resumed run loads what the killed one compiled; an absolute path or gs:// URL as given; "" = off.
+    c.compilation_cache_dir = "compilation_cache"
     # The offline world has no pretrained backbones: stage 0 trains everything on
     # the world's captions to give the student a vision tower and an LLM; then the
     # paper's recipe: stage 1 (projector only), instruction tuning (projector + LLM).
@@ -175,6 +178,8 @@ def _paper():
     # The pretrained student: e.g. init_from=vicuna-7b-v1.5 with init_vision_from=clip-vit-large-patch14-336
     # (fresh projector), or a LLaVA-1.5-7B directory. Stage 1 freezes both backbones, so it is required.
     c.init_from, c.init_vision_from, c.init_required = "", "", True
+    # Inside the workdir: a pod job resumed after a preemption skips its minutes-long compiles.
+    c.compilation_cache_dir = "compilation_cache"
     c.stages = ("stage1", "tune")
     c.stage1 = _stage(learning_rate=1e-3, global_batch=256, trainable=("projector/.*",), template="plain",
                       data="", eval_data="", length_buckets=(2048,), total_steps=2180,  # 558K captions / 256

@@ -52,11 +52,12 @@ def main(argv):
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     distributed.initialize_from_flags()  # before anything touches a JAX backend
-    from comd_jax import multihost
+    from comd_jax import compile_cache, multihost
     from comd_jax.eval.loading import evaluate_checkpoint
     from comd_jax.eval.suite import EvalSettings
 
     f = flags.FLAGS
+    compile_cache.enable(f.config.get("compilation_cache_dir", ""), f.workdir)  # relative and no --workdir: off
     settings = EvalSettings(
         question_file=f.question_file, problems_file=f.problems_file, image_folder=f.image_folder,
         bench_questions=f.bench_questions, bench_answers=f.bench_answers, bench_context=f.bench_context,

@@ -49,9 +49,11 @@ def single_process_plan(flag_values=None) -> distributed.Plan:
 def main(argv):
     del argv
     distributed.initialize(single_process_plan())  # a no-op but for an explicit one-process job
+    from comd_jax import compile_cache
     from comd_jax.serve.loading import serve
 
     F = flags.FLAGS
+    compile_cache.enable(F.config.get("compilation_cache_dir", ""), F.workdir)  # a parent's choice wins (env)
     serve(F.config, host=F.host, port=F.port, checkpoint=F.checkpoint, api_key=F.api_key, workdir=F.workdir,
           model_name=F.model_name)
 

@@ -29,8 +29,11 @@ def main(argv):
     # Before anything touches a JAX backend: joining the job fixes the global device list.
     distributed.initialize_from_flags()
     import comd_jax.run
+    from comd_jax import compile_cache
 
-    comd_jax.run.run(flags.FLAGS.config, flags.FLAGS.workdir)
+    config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+    compile_cache.enable(config.get("compilation_cache_dir", ""), workdir)  # before anything compiles
+    comd_jax.run.run(config, workdir)
 
 
 if __name__ == "__main__":

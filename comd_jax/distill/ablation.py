@@ -140,6 +140,11 @@ if __name__ == "__main__":
     def main(argv):
         del argv
         distributed.initialize_from_flags()  # before anything touches a JAX backend
-        run_ablation(flags.FLAGS.config, flags.FLAGS.workdir)
+        from comd_jax import compile_cache
+
+        config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+        # One cache for every run and teacher server: the seeds compile the same functions.
+        compile_cache.enable(config.get("compilation_cache_dir", ""), workdir)
+        run_ablation(config, workdir)
 
     app.run(main)
