@@ -15,6 +15,10 @@ from tests._multidevice import REPO
 
 CONFIG = f"--config={os.path.join(REPO, 'configs', 'comd.py')}:smoke"
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
+# Every launch below shares one persistent compilation cache (the environment wins over the
+# config's workdir default), as a user's resumed run does: the runs after the first load
+# their executables, and they must still end bit-identical to the uninterrupted run.
+CACHE = "JAX_COMPILATION_CACHE_DIR"
 
 
 TWO_ROUNDS = "--config.distill.rounds=2"  # round 1 trains on what round 0's assessment grew
@@ -42,6 +46,7 @@ def lines(path):
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
+    ENV[CACHE] = str(tmp_path_factory.mktemp("compilation_cache"))
     workdir = tmp_path_factory.mktemp("smoke")
     train(workdir)
     return workdir
@@ -72,6 +77,8 @@ def test_smoke_preset_runs_the_whole_method(smoke):
     pool = lines(smoke / "distill" / "train_pool.jsonl")
     assert all(p["provenance"]["answered_by"] in ("teacher", "student") for p in pool)
     assert len(lines(smoke / "distill" / "round0_augment.jsonl")) >= 4  # enough to die in the middle of
+    # The runs filled the shared cache (the environment won over the workdir default).
+    assert len(os.listdir(ENV[CACHE])) >= 5 and not (smoke / "compilation_cache").exists()
 
 
 def test_killed_in_assessment_and_augmentation_resumes_to_the_same_end(smoke, tmp_path):
