@@ -7,7 +7,7 @@ Why: every process compiles its train steps, evaluation and generation
 functions from scratch. A run resumed after a kill or a preemption, the next
 seed of an ablation, the teacher server the distillation starts, and a re-run of
 the same preset compile exactly what the last process did. With the cache
-they load it instead (the smoke preset: 129 s cold, 59 s warm; BENCHMARKS.md).
+they load it instead (the smoke preset: 134 s cold, 62 s warm; BENCHMARKS.md).
 A cached executable is the one XLA compiled, so results stay bit-identical.
 
 Where, in this order:
@@ -50,15 +50,14 @@ def resolve(setting: str, workdir: Optional[str], env: Optional[MutableMapping[s
     return os.path.join(os.path.abspath(workdir), setting)
 
 
-def enable(setting: str, workdir: Optional[str], env: Optional[MutableMapping[str, str]] = None) -> Optional[str]:
+def enable(setting: str, workdir: Optional[str]) -> Optional[str]:
     """Point JAX's persistent compilation cache at `resolve(...)` and export it to
     child processes; returns the directory (None: left off)."""
     import jax
 
-    env = os.environ if env is None else env
-    directory = resolve(setting, workdir, env)
+    directory = resolve(setting, workdir)
     if directory is None:
         return None
     jax.config.update("jax_compilation_cache_dir", directory)
-    env[ENV] = directory
+    os.environ[ENV] = directory
     return directory
