@@ -1,7 +1,7 @@
 """JAX's persistent compilation cache, switched on by the launchers.
 
     from comd_jax import compile_cache
-    compile_cache.enable(config.get("compilation_cache_dir", ""), workdir)   # before the first jit
+    compile_cache.enable(config, workdir)   # before the first jit
 
 Why: every process compiles its train steps, evaluation and generation
 functions from scratch. A run resumed after a kill or a preemption, the next
@@ -28,12 +28,12 @@ is not safe; the workdir default avoids that.
 from __future__ import annotations
 
 import os
-from typing import MutableMapping, Optional
+from typing import Mapping, Optional
 
 ENV = "JAX_COMPILATION_CACHE_DIR"
 
 
-def resolve(setting: str, workdir: Optional[str], env: Optional[MutableMapping[str, str]] = None) -> Optional[str]:
+def resolve(setting: str, workdir: Optional[str], env: Optional[Mapping[str, str]] = None) -> Optional[str]:
     """The cache directory the rules above pick, or None for no cache."""
     env = os.environ if env is None else env
     if env.get(ENV):
@@ -50,12 +50,14 @@ def resolve(setting: str, workdir: Optional[str], env: Optional[MutableMapping[s
     return os.path.join(os.path.abspath(workdir), setting)
 
 
-def enable(setting: str, workdir: Optional[str]) -> Optional[str]:
-    """Point JAX's persistent compilation cache at `resolve(...)` and export it to
-    child processes; returns the directory (None: left off)."""
+def enable(config, workdir: Optional[str]) -> Optional[str]:
+    """Point JAX's persistent compilation cache where `config.compilation_cache_dir`
+    and the environment say (`resolve`) and export it to child processes; returns
+    the directory (None: left off). A config without the key (an older run's
+    snapshot) leaves the choice to the environment."""
     import jax
 
-    directory = resolve(setting, workdir)
+    directory = resolve(config.get("compilation_cache_dir", ""), workdir)
     if directory is None:
         return None
     jax.config.update("jax_compilation_cache_dir", directory)

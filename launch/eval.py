@@ -57,7 +57,7 @@ def main(argv):
     from comd_jax.eval.suite import EvalSettings
 
     f = flags.FLAGS
-    compile_cache.enable(f.config.get("compilation_cache_dir", ""), f.workdir)  # relative and no --workdir: off
+    compile_cache.enable(f.config, f.workdir)  # relative and no --workdir: off
     settings = EvalSettings(
         question_file=f.question_file, problems_file=f.problems_file, image_folder=f.image_folder,
         bench_questions=f.bench_questions, bench_answers=f.bench_answers, bench_context=f.bench_context,

@@ -53,7 +53,7 @@ def main(argv):
     from comd_jax.serve.loading import serve
 
     F = flags.FLAGS
-    compile_cache.enable(F.config.get("compilation_cache_dir", ""), F.workdir)  # a parent's choice wins (env)
+    compile_cache.enable(F.config, F.workdir)  # a parent's choice wins (env)
     serve(F.config, host=F.host, port=F.port, checkpoint=F.checkpoint, api_key=F.api_key, workdir=F.workdir,
           model_name=F.model_name)
 

@@ -32,7 +32,7 @@ def main(argv):
     from comd_jax import compile_cache
 
     config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-    compile_cache.enable(config.get("compilation_cache_dir", ""), workdir)  # before anything compiles
+    compile_cache.enable(config, workdir)  # before anything compiles
     comd_jax.run.run(config, workdir)
 
 

@@ -31,7 +31,7 @@ import jax, jax.numpy as jnp
 from comd_jax import compile_cache
 events = []
 jax.monitoring.register_event_listener(lambda name, **kw: events.append(name))
-used = compile_cache.enable(sys.argv[1], sys.argv[2])
+used = compile_cache.enable({"compilation_cache_dir": sys.argv[1]}, sys.argv[2])
 f = jax.jit(lambda x: jnp.tanh(x @ x.T).sum())
 f(jnp.ones((64, 64))).block_until_ready()
 print(json.dumps({"used": used, "exported": os.environ.get("JAX_COMPILATION_CACHE_DIR"),

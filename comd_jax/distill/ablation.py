@@ -144,7 +144,7 @@ if __name__ == "__main__":
 
         config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
         # One cache for every run and teacher server: the seeds compile the same functions.
-        compile_cache.enable(config.get("compilation_cache_dir", ""), workdir)
+        compile_cache.enable(config, workdir)
         run_ablation(config, workdir)
 
     app.run(main)
