@@ -27,15 +27,22 @@ def train_step_flops(cfg: VLMConfig, batch: int, seq_len: int, images_per_sample
                      head_positions: int | None = None) -> dict:
     """Model FLOPs of one step, split by part; vision frozen, projector and LLM trained.
 
-    `head_positions`: the positions per row the LM head runs at (train/targets.py);
-    default every position, as the conventional count and transformers do."""
+    `head_positions`: the positions per row the step keeps for the loss
+    (train/targets.py); there the LM head runs, and the last decoder block runs its
+    queries, output projection and MLP. Default every position, as the
+    conventional count and transformers do."""
     t = cfg.text
     tokens = batch * seq_len
     text = 6 * tokens * decoder_matmul_params(cfg)
-    if head_positions is not None:
-        text -= 6 * batch * (seq_len - head_positions) * t.hidden_size * t.vocab_size
     # QK^T and PV: 2 matmuls of 2*T*T*head_dim per head, forward; x3 with backward.
-    text += 3 * t.num_layers * batch * 2 * (2 * seq_len * seq_len * t.head_dim * t.num_heads)
+    attention_layer = 3 * batch * 2 * (2 * seq_len * seq_len * t.head_dim * t.num_heads)
+    text += t.num_layers * attention_layer
+    if head_positions is not None:
+        dropped = batch * (seq_len - head_positions)
+        per_position = t.hidden_size * t.vocab_size + (
+            2 * t.hidden_size * t.head_dim * t.num_heads + 3 * t.hidden_size * t.intermediate_size)
+        text -= 6 * dropped * per_position
+        text -= attention_layer * (seq_len - head_positions) // seq_len
     out = {"text": text, "projector": 0, "vision": 0}
     if cfg.vision is not None:
         v = cfg.vision

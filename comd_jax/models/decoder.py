@@ -15,7 +15,8 @@ from flax import nnx
 
 from comd_jax.models import rope as rope_lib
 from comd_jax.models.config import DecoderConfig
-from comd_jax.models.layers import Dense, RMSNorm, activation, attention, constrain, normal_param, scan_layers
+from comd_jax.models.layers import (Dense, RMSNorm, activation, attention, constrain, call_layer, normal_param,
+                                    scan_layers, take_positions)
 
 BATCH_LENGTH_EMBED = ("batch", "length", "embed")
 
@@ -37,12 +38,15 @@ class DecoderBlock(nnx.Module):
         self.up = Dense((d,), (f,), ("embed", "mlp"), bias=cfg.mlp_bias, **kw)
         self.down = Dense((f,), (d,), ("mlp", "embed"), bias=cfg.mlp_bias, **kw)
 
-    def _attend(self, x, ctx, cache):
-        q = self.q(x)
-        k = self.k(x)
+    def _attend(self, x, ctx, cache, keep=None):
+        """Self-attention of x; with `keep` [B, K], only the queries at those positions
+        (keys and values still come from every position)."""
+        k = rope_lib.apply_rotary(self.k(x), ctx["cos"], ctx["sin"])
         v = self.v(x)
-        q = rope_lib.apply_rotary(q, ctx["cos"], ctx["sin"])
-        k = rope_lib.apply_rotary(k, ctx["cos"], ctx["sin"])
+        xq, cos, sin, mask = x, ctx["cos"], ctx["sin"], ctx["mask"]
+        if keep is not None:
+            xq, cos, sin, mask = (take_positions(a, keep) for a in (x, cos, sin, mask))
+        q = rope_lib.apply_rotary(self.q(xq), cos, sin)
         q = constrain(q, ("batch", "length", "heads", "head_dim"), self.rules)
         if cache is not None:
             rows = jnp.arange(x.shape[0])[:, None]
@@ -50,17 +54,26 @@ class DecoderBlock(nnx.Module):
             v = cache["v"].at[rows, ctx["positions"]].set(v.astype(cache["v"].dtype))
             cache = {"k": k, "v": v}
             k, v = k.astype(q.dtype), v.astype(q.dtype)
-        out = attention(q, k, v, ctx["mask"], self.scale, causal=cache is None)
+        out = attention(q, k, v, mask, self.scale, causal=cache is None and keep is None)
         return self.o(out), cache
 
-    def scan_step(self, carry, cache):
-        x, ctx = carry
-        attn, cache = self._attend(self.input_norm(x), ctx, cache)
+    def __call__(self, x, ctx, cache=None, keep=None):
+        """The block's output [B, T, D], or with `keep` [B, K] only at those positions
+        [B, K, D]: the same values, without the queries, output projection and MLP
+        work of the positions left out."""
+        attn, cache = self._attend(self.input_norm(x), ctx, cache, keep)
+        if keep is not None:
+            x = take_positions(x, keep)
         x = constrain(x + attn, BATCH_LENGTH_EMBED, self.rules)
         h = self.post_norm(x)
         hidden = activation(self.act)(self.gate(h)) * self.up(h)
         hidden = constrain(hidden, ("batch", "length", "mlp"), self.rules)
         x = constrain(x + self.down(hidden), BATCH_LENGTH_EMBED, self.rules)
+        return x, cache
+
+    def scan_step(self, carry, cache):
+        x, ctx = carry
+        x, cache = self(x, ctx, cache)
         return (x, ctx), cache
 
 
@@ -91,11 +104,16 @@ class Decoder(nnx.Module):
         return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
     def __call__(self, x_btd: jax.Array, positions_bt: jax.Array,
-                 attention_mask_bt: Optional[jax.Array] = None, cache: Optional[dict] = None):
+                 attention_mask_bt: Optional[jax.Array] = None, cache: Optional[dict] = None,
+                 keep_bk: Optional[jax.Array] = None):
         """Final hidden states [B, T, D] (normed) and the updated cache (or None).
 
         Without a cache, token t attends to tokens s <= t whose attention_mask is 1.
         With a cache, token at position p attends to cache slots <= p.
+        `keep_bk` [B, K] (no cache): the hidden states only at those positions,
+        [B, K, D]. Only the keys and values of the last block need every position,
+        so it runs its queries, output projection and MLP at the kept ones alone:
+        the training loss needs the positions that predict a target (train/targets.py).
         """
         cfg = self.cfg
         cos, sin = rope_lib.rotary_tables(cfg.rope, cfg.head_dim, cfg.max_position_embeddings, positions_bt)
@@ -108,9 +126,17 @@ class Decoder(nnx.Module):
             slots = cache["k"].shape[2]
             mask = jnp.arange(slots)[None, None, :] <= positions_bt[:, :, None]
         ctx = {"cos": cos, "sin": sin, "mask": mask, "positions": positions_bt}
-        (x, _), cache = scan_layers(self.layers, (x_btd, ctx), cache, remat=self.remat,
-                                    unroll=self.unroll)
-        return self.norm(x), cache
+        if keep_bk is None:
+            (x, _), cache = scan_layers(self.layers, (x_btd, ctx), cache, remat=self.remat,
+                                        unroll=self.unroll)
+            return self.norm(x), cache
+        if cache is not None:
+            raise ValueError("keep_bk is for the training forward; decoding with a cache keeps every position")
+        last = cfg.num_layers - 1
+        (x, _), _ = scan_layers(self.layers, (x_btd, ctx), None, remat=self.remat, unroll=self.unroll,
+                                num_layers=last)
+        x, _ = call_layer(self.layers, last, x, ctx, None, keep_bk, remat=self.remat)
+        return self.norm(x), None
 
     def logits(self, hidden_btd: jax.Array) -> jax.Array:
         """float32 logits [B, T, vocab]."""

@@ -113,6 +113,28 @@ class LayerNorm(nnx.Module):
         return y.astype(self.dtype)
 
 
+def take_positions(x_bt, index_bk):
+    """x[b, index[b, k]] for [B, T] or [B, T, ...] arrays; a leading dim of 1 broadcasts
+    over the rows (rows stay where they are sharded)."""
+    if x_bt.shape[0] != index_bk.shape[0]:
+        x_bt = jnp.broadcast_to(x_bt, (index_bk.shape[0], *x_bt.shape[1:]))
+    index = index_bk.reshape(*index_bk.shape, *([1] * (x_bt.ndim - 2)))
+    return jnp.take_along_axis(x_bt, index, axis=1)
+
+
+def call_layer(blocks: nnx.Module, i: int, *args, remat: bool = False):
+    """Block i of a stack (params with a leading 'layers' axis) called on `args`,
+    rematerialized as `scan_layers` does when `remat`."""
+    graphdef, state = nnx.split(blocks)
+
+    def body(layer_state, *inputs):
+        return nnx.merge(graphdef, layer_state)(*inputs)
+
+    if remat:
+        body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+    return body(jax.tree.map(lambda a: a[i], state), *args)
+
+
 NEG_INF = -1e30  # finite, so a fully masked row stays NaN-free
 
 

@@ -79,9 +79,10 @@ class VLM(nnx.Module):
         """Training layout: pixel_values [B, M, H, W, C]. Returns float32 logits [B, T, V]."""
         return self.text.logits(self.hidden_states(input_ids, pixel_values, attention_mask, positions))
 
-    def hidden_states(self, input_ids, pixel_values=None, attention_mask=None, positions=None):
-        """The decoder's final (normed) hidden states [B, T, D], before the LM head; the
-        train step picks the positions that predict a target from these."""
+    def hidden_states(self, input_ids, pixel_values=None, attention_mask=None, positions=None, keep=None):
+        """The decoder's final (normed) hidden states [B, T, D], before the LM head; with
+        `keep` [B, K], only at those positions, [B, K, D] (the train step keeps the ones
+        that predict a target, and the last block skips the rest: Decoder.__call__)."""
         b, t = input_ids.shape
         pixels, offsets = None, None
         if pixel_values is not None and self.vision is not None:
@@ -91,7 +92,7 @@ class VLM(nnx.Module):
         embeds = self.embed(input_ids, pixels, offsets)
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t), (b, t))
-        hidden, _ = self.text(embeds, positions, attention_mask)
+        hidden, _ = self.text(embeds, positions, attention_mask, keep_bk=keep)
         return hidden
 
     def logits(self, input_ids, pixel_values=None, attention_mask=None):

@@ -47,8 +47,9 @@ def cross_entropy(logits_btv, targets_bt):
 def token_losses(model, batch):
     """Summed next-token NLL, target count and correct count over one (micro)batch.
 
-    With `target_index` [B, K] (see targets.py) and K < T, the LM head runs only
-    at the listed positions; without it, or with K == T, at every position.
+    With `target_index` [B, K] (see targets.py) and K < T, the LM head and the last
+    block's queries and MLP run only at the listed positions; without it, or with
+    K == T, at every position.
     """
     # Shift the small targets, not the [B, T, V] logits: slicing the logits copies
     # them forward and pads their gradient backward. The last position weighs 0.
@@ -58,8 +59,9 @@ def token_losses(model, batch):
     if index is None or index.shape[1] == targets.shape[1]:
         logits = model(batch["input_ids"], batch.get("pixel_values"), batch["attention_mask"])
     else:
-        hidden = model.hidden_states(batch["input_ids"], batch.get("pixel_values"), batch["attention_mask"])
-        logits = model.text.logits(targets_lib.gather(hidden, index))
+        hidden = model.hidden_states(batch["input_ids"], batch.get("pixel_values"), batch["attention_mask"],
+                                     keep=index)
+        logits = model.text.logits(hidden)
         targets, weights = targets_lib.gather(targets, index), targets_lib.gather(weights, index)
     nll, correct = cross_entropy(logits, targets)
     return jnp.sum(nll * weights), jnp.sum(weights), jnp.sum(correct.astype(jnp.float32) * weights)

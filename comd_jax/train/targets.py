@@ -5,8 +5,9 @@ In LLaVA-style batches most positions carry no loss: the image tokens, the
 system prompt, the user's turns and the padding. Their logits would cost an LM
 head matmul forward and two backward, plus a softmax over the vocabulary, all
 multiplied by a zero weight. So the host lists, for every row, the positions
-whose next token is a target (`target_index`, int32 [B, K]) and the step runs
-the LM head on the hidden states gathered there.
+whose next token is a target (`target_index`, int32 [B, K]) and the step keeps
+only those: the last decoder block runs its queries, output projection and MLP
+there (its keys and values still cover every position), then the LM head.
 
 K is the batch's largest per-row target count rounded up to a multiple of
 T/CAPACITY_STEPS: a jitted step compiles once per (length bucket, capacity),
@@ -23,8 +24,9 @@ compiles; on the offline default run, whose head is small, it costs more
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+
+from comd_jax.models.layers import take_positions
 
 CAPACITY_STEPS = 8  # when on: widths in multiples of T/8
 
@@ -77,8 +79,4 @@ def target_index(loss_mask: np.ndarray, k: int | None = None, steps: int = CAPAC
     return np.where(np.arange(k)[None] < counts[:, None], order, t - 1).astype(np.int32)
 
 
-def gather(x_bt, index_bk):
-    """x[b, index[b, k]] for [B, T] or [B, T, D] arrays (rows stay where they are sharded)."""
-    if x_bt.ndim == 3:
-        index_bk = index_bk[..., None]
-    return jnp.take_along_axis(x_bt, index_bk, axis=1)
+gather = take_positions  # x[b, index[b, k]]
