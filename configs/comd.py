@@ -53,10 +53,10 @@ def _stage(**kw):
         length_buckets=(80, 128), max_images=1, strict_data=False,
         # cadences
         log_every=10, eval_every=0, eval_batches=4, save_every=50, keep_checkpoints=2,
-        # 0: the LM head at every position, one compile per length bucket. 8: only at positions
-        # that predict a target, widths rounded up to length/8 (up to 8 compiles per bucket; see
-        # comd_jax/train/targets.py). Worth it for a big vocabulary on a small model over a long
-        # stage; the offline runs' head is small and they ran 16% slower with it.
+        # 0: every position, one compile per length bucket. 8: the last block's queries and MLP
+        # and the LM head only at positions that predict a target, widths rounded up to length/8
+        # (up to 8 compiles per bucket; comd_jax/train/targets.py). Worth it for a big vocabulary
+        # or a shallow model over a long stage; the offline runs ran slower with it (compiles).
         head_capacity_steps=0)
     base.update(kw)
     return ml_collections.ConfigDict(base)

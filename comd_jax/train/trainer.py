@@ -37,7 +37,7 @@ class StageConfig:
     save_every: int = 50
     keep_checkpoints: int = 2
     async_checkpoints: bool = True
-    head_capacity_steps: int = 0  # 0: LM head at every position; e.g. 8: only at targets (train/targets.py)
+    head_capacity_steps: int = 0  # 0: every position; e.g. 8: last block + LM head only at targets (train/targets.py)
 
     @property
     def total_steps(self) -> int:
