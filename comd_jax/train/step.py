@@ -17,6 +17,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from comd_jax import sharding as shd
+from comd_jax.models.layers import take_positions
 from comd_jax.train import targets as targets_lib
 from comd_jax.train.optim import TRAIN, schedule
 from comd_jax.train.state import Setup, TrainState
@@ -62,7 +63,7 @@ def token_losses(model, batch):
         hidden = model.hidden_states(batch["input_ids"], batch.get("pixel_values"), batch["attention_mask"],
                                      keep=index)
         logits = model.text.logits(hidden)
-        targets, weights = targets_lib.gather(targets, index), targets_lib.gather(weights, index)
+        targets, weights = take_positions(targets, index), take_positions(weights, index)
     nll, correct = cross_entropy(logits, targets)
     return jnp.sum(nll * weights), jnp.sum(weights), jnp.sum(correct.astype(jnp.float32) * weights)
 

@@ -26,8 +26,6 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from comd_jax.models.layers import take_positions
-
 CAPACITY_STEPS = 8  # when on: widths in multiples of T/8
 
 
@@ -78,5 +76,3 @@ def target_index(loss_mask: np.ndarray, k: int | None = None, steps: int = CAPAC
     order = np.argsort(~mask, axis=1, kind="stable")[:, :k]  # targets first, in position order
     return np.where(np.arange(k)[None] < counts[:, None], order, t - 1).astype(np.int32)
 
-
-gather = take_positions  # x[b, index[b, k]]
