@@ -85,7 +85,11 @@ def train_stages(config, workdir: str, model_cfg, stage_names, data, tokenizer, 
 
 
 def run(config, workdir: str) -> dict:
-    """The training stages; then, when the config has distillation rounds, the CoMD loop."""
+    """The training stages; then, when the config has distillation rounds, the CoMD loop.
+    A relative local `workdir` is taken from the current directory (Orbax needs it absolute)."""
+    from comd_jax import paths
+
+    workdir = paths.absolute(workdir)
     if "distill" in config and config.distill.rounds > 0:
         from comd_jax.distill.driver import run_comd
 

@@ -52,19 +52,21 @@ def main(argv):
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     distributed.initialize_from_flags()  # before anything touches a JAX backend
-    from comd_jax import compile_cache, multihost
+    from comd_jax import compile_cache, multihost, paths
     from comd_jax.eval.loading import evaluate_checkpoint
     from comd_jax.eval.suite import EvalSettings
 
     f = flags.FLAGS
-    compile_cache.enable(f.config, f.workdir)  # relative and no --workdir: off
+    a = paths.absolute  # Orbax refuses relative paths; every local path is made absolute once, here
+    workdir = paths.startup(f.config, f.workdir)
+    compile_cache.enable(f.config, workdir)  # relative and no --workdir: off
     settings = EvalSettings(
-        question_file=f.question_file, problems_file=f.problems_file, image_folder=f.image_folder,
-        bench_questions=f.bench_questions, bench_answers=f.bench_answers, bench_context=f.bench_context,
+        question_file=a(f.question_file), problems_file=a(f.problems_file), image_folder=a(f.image_folder),
+        bench_questions=a(f.bench_questions), bench_answers=a(f.bench_answers), bench_context=a(f.bench_context),
         judge_url=f.judge_url, judge_model=f.judge_model, judge_api_key=os.environ.get(f.judge_api_key_env, ""),
         judge_swap=f.judge_swap, limit=f.limit)
-    result = evaluate_checkpoint(f.config, f.checkpoint, f.benchmark, f.output, settings,
-                                 teacher_checkpoint=f.teacher_checkpoint, workdir=f.workdir,
+    result = evaluate_checkpoint(f.config, a(f.checkpoint), f.benchmark, a(f.output), settings,
+                                 teacher_checkpoint=a(f.teacher_checkpoint), workdir=workdir,
                                  max_new_tokens=f.max_new_tokens, batch_size=f.batch_size)
     from comd_jax.eval.report import result_markdown
 

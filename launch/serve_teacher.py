@@ -49,13 +49,14 @@ def single_process_plan(flag_values=None) -> distributed.Plan:
 def main(argv):
     del argv
     distributed.initialize(single_process_plan())  # a no-op but for an explicit one-process job
-    from comd_jax import compile_cache
+    from comd_jax import compile_cache, paths
     from comd_jax.serve.loading import serve
 
     F = flags.FLAGS
-    compile_cache.enable(F.config, F.workdir)  # a parent's choice wins (env)
-    serve(F.config, host=F.host, port=F.port, checkpoint=F.checkpoint, api_key=F.api_key, workdir=F.workdir,
-          model_name=F.model_name)
+    workdir = paths.startup(F.config, F.workdir)  # Orbax refuses relative paths
+    compile_cache.enable(F.config, workdir)  # a parent's choice wins (env)
+    serve(F.config, host=F.host, port=F.port, checkpoint=paths.absolute(F.checkpoint), api_key=F.api_key,
+          workdir=workdir, model_name=F.model_name)
 
 
 if __name__ == "__main__":

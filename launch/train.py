@@ -29,9 +29,10 @@ def main(argv):
     # Before anything touches a JAX backend: joining the job fixes the global device list.
     distributed.initialize_from_flags()
     import comd_jax.run
-    from comd_jax import compile_cache
+    from comd_jax import compile_cache, paths
 
-    config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+    config = flags.FLAGS.config
+    workdir = paths.startup(config, flags.FLAGS.workdir)  # Orbax refuses relative paths
     compile_cache.enable(config, workdir)  # before anything compiles
     comd_jax.run.run(config, workdir)
 

@@ -2,19 +2,29 @@
 in its own process, student stages, tune → assess → select → augment, per-round
 evaluation and the report. Then the same run SIGKILLed inside assessment and
 again inside augmentation, resumed each time, must end exactly where the
-uninterrupted run did: same pools, same student parameters, same report."""
+uninterrupted run did: same pools, same student parameters, same report.
+
+The first run is the README's first command as a user types it, at the smoke size:
+`python launch/train.py --config=configs/comd.py:smoke` from a fresh folder, with the
+default (relative) workdir. Orbax refuses relative checkpoint paths, and every other
+test passes an absolute temporary folder, so only this one would catch that."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from tests._multidevice import REPO
 
+pytestmark = pytest.mark.e2e
+
 CONFIG = f"--config={os.path.join(REPO, 'configs', 'comd.py')}:smoke"
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
+README_COMMAND = [sys.executable, "launch/train.py", "--config=configs/comd.py:smoke"]
 # Every launch below shares one persistent compilation cache (the environment wins over the
 # config's workdir default), as a user's resumed run does: the runs after the first load
 # their executables, and they must still end bit-identical to the uninterrupted run.
@@ -44,12 +54,63 @@ def lines(path):
     return [json.loads(line) for line in open(path)]
 
 
+def checkout(folder):
+    """A folder laid out as a clone is, for typing the README's command in it."""
+    for name in ("launch", "configs"):
+        os.symlink(os.path.join(REPO, name), folder / name)
+    return folder
+
+
+def finished_steps(stage_dir):
+    return sorted(int(d) for d in os.listdir(stage_dir) if d.isdigit()) if stage_dir.is_dir() else []
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     ENV[CACHE] = str(tmp_path_factory.mktemp("compilation_cache"))
-    workdir = tmp_path_factory.mktemp("smoke")
-    train(workdir)
+    clone = checkout(tmp_path_factory.mktemp("clone"))
+    proc = subprocess.run(README_COMMAND, cwd=clone, env=ENV, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    workdir = clone / "workdir"
+    assert f"workdir: {workdir}" in proc.stdout  # the run says where its files went, absolute
+    # What the later tests compare against, before they add rounds to this workdir.
+    (workdir.parent / "first_results.json").write_text((workdir / "report" / "results.json").read_text())
     return workdir
+
+
+def test_readme_command_writes_checkpoints_and_a_report(smoke):
+    for stage in ("teacher_pretrain", "teacher_tune", "stage0", "stage1", "tune", "round0_tune"):
+        steps = finished_steps(smoke / "checkpoints" / stage)
+        assert steps and (smoke / "checkpoints" / stage / str(steps[-1]) / "state").is_dir(), stage
+        assert not [d for d in os.listdir(smoke / "checkpoints" / stage) if "tmp" in d], stage
+    assert json.loads((smoke / "report" / "results.json").read_text())["rounds"]
+
+
+def test_killed_after_first_checkpoint_reruns_to_the_same_end(smoke, tmp_path):
+    """The README's command SIGKILLed as soon as its first checkpoint is on disk, then typed again."""
+    clone = checkout(tmp_path)
+    checkpoints = clone / "workdir" / "checkpoints"
+    first = subprocess.Popen(README_COMMAND, cwd=clone, env=ENV, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    try:
+        while not (checkpoints.is_dir() and any(finished_steps(d) for d in checkpoints.iterdir())):
+            assert first.poll() is None, f"exited before its first checkpoint: {first.stderr.read()[-4000:]}"
+            assert time.monotonic() < deadline, "no checkpoint after 600 s"
+            time.sleep(0.05)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate()
+    assert first.returncode == -signal.SIGKILL
+    assert not (clone / "workdir" / "report").exists()  # it really died mid-run
+
+    proc = subprocess.run(README_COMMAND, cwd=clone, env=ENV, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    ours = json.loads((clone / "workdir" / "report" / "results.json").read_text())
+    reference = json.loads((smoke.parent / "first_results.json").read_text())
+    assert [r["student_params_sha256"] for r in ours["rounds"]] == \
+        [r["student_params_sha256"] for r in reference["rounds"]]
+    assert ours["rounds"] == reference["rounds"]  # scores, pool sizes, hard counts
 
 
 def test_smoke_preset_runs_the_whole_method(smoke):

@@ -101,7 +101,7 @@ def test_greedy_answerer_batches_match_single_requests(tiny_student):
         student.answer([ask("no placeholder", image)])
 
 
-def test_orbax_checkpoint_loads_params_only(tiny_student, tmp_path):
+def test_orbax_checkpoint_loads_params_only(tiny_student, tmp_path, monkeypatch):
     import configs.comd as comd
     from flax import nnx
 
@@ -127,6 +127,14 @@ def test_orbax_checkpoint_loads_params_only(tiny_student, tmp_path):
     assert infer_workdir(str(stage_dir / "4"), "x") == str(tmp_path)
     with pytest.raises(FileNotFoundError, match="neither"):
         load_model(str(tmp_path), cfg)
+    # Relative paths, as a user types them: Orbax itself refuses them, so both loaders resolve first.
+    from comd_jax.serve.loading import restore_params
+
+    monkeypatch.chdir(tmp_path)
+    for params in (nnx.state(load_model("checkpoints/tune", cfg)).to_pure_dict(),
+                   restore_params("checkpoints/tune/4", cfg, mesh, "fsdp")):
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(nnx.state(model).to_pure_dict())):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_round_report_tables_and_plots(tmp_path):

@@ -16,6 +16,7 @@ from typing import Optional
 
 import jax
 
+from comd_jax import atomic
 from comd_jax import config as config_lib
 from comd_jax import multihost
 from comd_jax import sharding as shd
@@ -81,8 +82,7 @@ def initial_pool(config, llava_json: str, answers: list, answered_by: str = "tea
 def _snapshot(config, workdir: str) -> str:
     path = os.path.join(workdir, "config.json")
     if multihost.is_writer():
-        with open(path, "w") as f:
-            f.write(config.to_json(indent=2))
+        atomic.write_text(path, config.to_json(indent=2))  # the teacher server reads it back
     return f"{os.path.join(REPO, 'configs', 'snapshot.py')}:{path}"
 
 

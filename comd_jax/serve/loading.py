@@ -23,7 +23,9 @@ from comd_jax.serve.prompts import Limits, Prompter
 
 
 def _orbax_step_dir(path: str) -> str:
-    """A stage directory (…/checkpoints/<stage>) → its latest step; a step directory as is."""
+    """A stage directory (…/checkpoints/<stage>) → its latest step; a step directory as is.
+    Always absolute: Orbax refuses a relative path."""
+    path = os.path.abspath(path)
     if os.path.isdir(os.path.join(path, "state")):
         return path
     steps = [int(d) for d in os.listdir(path) if d.isdigit() and os.path.isdir(os.path.join(path, d, "state"))]

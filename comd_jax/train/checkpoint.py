@@ -20,6 +20,9 @@ class StageCheckpoints:
         self.directory = directory if "://" in directory else os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=max(save_every, 1), max_to_keep=keep, create=True,
+            # A save cut short by a kill leaves a <step>.orbax-checkpoint-tmp-* folder; the
+            # rerun resumes from the last finished step and clears these.
+            cleanup_tmp_directories=True,
             enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 
+from comd_jax import atomic
 from comd_jax.data.synthetic import world
 
 
@@ -34,7 +35,6 @@ def export_llava(
                 }
             )
         paths[split] = os.path.join(out_dir, f"{split}.json")
-        with open(paths[split], "w", encoding="utf-8") as f:
-            json.dump(records, f, ensure_ascii=False, indent=1)
-            f.write("\n")
+        # Whole or absent: the world's preparation takes an existing JSON as a finished split.
+        atomic.write_text(paths[split], json.dumps(records, ensure_ascii=False, indent=1) + "\n")
     return paths

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 
+from comd_jax import atomic
 from comd_jax.data.images import ImageProcessorConfig
 from comd_jax.data.synthetic import export, tokenizer, world
 
@@ -66,17 +67,16 @@ def prepare_world(
         llava_json = export.export_llava(spec, llava_dir)
     tokenizer_dir = os.path.join(out_dir, "tokenizer")
     if not os.path.exists(os.path.join(tokenizer_dir, "tokenizer.json")):
-        tokenizer.build_world_tokenizer(spec, tokenizer_dir, vocab_size=vocab_size)
+        with atomic.directory(tokenizer_dir) as tmp:  # several files: a killed build leaves none of them
+            tokenizer.build_world_tokenizer(spec, tmp, vocab_size=vocab_size)
     processor_dir = os.path.join(out_dir, "image_processor")
     processor_json = os.path.join(processor_dir, "preprocessor_config.json")
     processor = json.dumps(ImageProcessorConfig(size=spec.image_size).to_transformers_dict(), indent=2)
     if _read(processor_json) != processor:  # a rerun over a finished world writes nothing
         os.makedirs(processor_dir, exist_ok=True)
-        with open(processor_json, "w") as f:
-            f.write(processor)
+        atomic.write_text(processor_json, processor)
     if exported:  # written last: a folder whose record matches is complete
-        with open(spec_file, "w") as f:
-            json.dump(wanted, f, indent=1, sort_keys=True)
+        atomic.write_text(spec_file, json.dumps(wanted, indent=1, sort_keys=True))
     return WorldFiles(tfds_dir, llava_json, tokenizer_dir, processor_dir)
 
 
