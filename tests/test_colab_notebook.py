@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # slow: the quick loop is pytest -m "not e2e"
+
 nbformat = pytest.importorskip("nbformat")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

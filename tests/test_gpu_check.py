@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.e2e  # slow: the quick loop is pytest -m "not e2e"
+
 pytest.importorskip("torch")
 
 

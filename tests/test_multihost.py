@@ -18,6 +18,8 @@ import zlib
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.e2e  # slow: the quick loop is pytest -m "not e2e"
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 

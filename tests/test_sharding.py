@@ -68,6 +68,7 @@ for name, (shape, recipe, accum) in layouts.items():
     return run_with_devices(code)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("layout", ["dp8", "fsdp8", "fsdp_tp222"])
 def test_sharded_step_matches_single_device(mesh_results, layout):
     ref, got = mesh_results["single"], mesh_results[layout]
@@ -78,6 +79,7 @@ def test_sharded_step_matches_single_device(mesh_results, layout):
                                    err_msg=f"{layout}: {name}")
 
 
+@pytest.mark.e2e
 def test_layouts_actually_shard(mesh_results):
     specs = mesh_results["fsdp8"]["specs"]
     assert "fsdp" in specs["text/layers/gate/kernel"]
@@ -87,6 +89,7 @@ def test_layouts_actually_shard(mesh_results):
         assert not any(axis in spec for axis in ("data", "fsdp", "tensor")), spec
 
 
+@pytest.mark.e2e
 def test_fsdp_splits_every_large_parameter_and_memory_falls():
     code = COMMON + """
 cfg = tiny(vocab=4096, hidden=512, layers=2)

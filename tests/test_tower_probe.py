@@ -1,10 +1,13 @@
 """The tower probe: its labels are the rendered object's, and a tower learns colour from them."""
 import numpy as np
+import pytest
 
 from comd_jax import config as config_lib
 from comd_jax.data import images
 from comd_jax.data.synthetic import scene
 from comd_jax.eval import tower_probe
+
+pytestmark = pytest.mark.e2e  # slow: the quick loop is pytest -m "not e2e"
 
 
 def test_labels_name_the_object_the_pixels_show():

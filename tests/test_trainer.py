@@ -56,6 +56,7 @@ def _steps_saved(workdir):
     return sorted(int(n) for n in os.listdir(path) if n.isdigit())
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("kill_after", [2, 5])
 def test_sigkill_and_restart_is_bit_identical(reference, kill_after):
     root, world, expected = reference
@@ -128,6 +129,7 @@ def flat(params):
 """
 
 
+@pytest.mark.e2e
 def test_checkpoint_restores_onto_other_meshes(tmp_path):
     code = TRAINER_COMMON + f"""
 import shutil
