@@ -118,25 +118,39 @@ def _host_lock(root: str):
         yield
 
 
-def _image_processor(d) -> images.ImageProcessorConfig:
-    if not d.image_processor:
-        raise ValueError("config.data.image_processor: set the directory holding preprocessor_config.json")
-    return images.ImageProcessorConfig.from_pretrained(d.image_processor)
+def _from_init(config, field: str, file: str) -> str:
+    """`config.data.<field>`, else the student checkpoint's own (`config.init_from`), as LLaVA users expect."""
+    value = config.data.get(field, "") or ""
+    init = config.get("init_from", "") or ""
+    if not value and init and ("://" in init or os.path.exists(os.path.join(init, file))):
+        return init
+    return value
+
+
+def _image_processor(config) -> images.ImageProcessorConfig:
+    path = _from_init(config, "image_processor", "preprocessor_config.json")
+    if not path:
+        raise ValueError("config.data.image_processor: set the directory holding preprocessor_config.json "
+                         "(default: config.init_from's)")
+    return images.ImageProcessorConfig.from_pretrained(path)
+
+
+def _tokenizer(config) -> str:
+    path = _from_init(config, "tokenizer", "tokenizer_config.json")
+    if not path:
+        raise ValueError("config.data.tokenizer: set the tokenizer directory (AutoTokenizer.from_pretrained; "
+                         "default: config.init_from's)")
+    return path
 
 
 def _llava_json(config, workdir: str) -> StageData:
-    d = config.data
-    if not d.tokenizer:
-        raise ValueError("config.data.tokenizer: set the tokenizer directory (AutoTokenizer.from_pretrained)")
-    return StageData(d.tokenizer, _image_processor(d),
+    return StageData(_tokenizer(config), _image_processor(config),
                      lambda path, folder=None: LlavaJsonSource(_existing(path), folder or None))
 
 
 def _tfds(config, workdir: str) -> StageData:
     d = config.data
-    if not d.tokenizer:
-        raise ValueError("config.data.tokenizer: set the tokenizer directory (AutoTokenizer.from_pretrained)")
-    return StageData(d.tokenizer, _image_processor(d),
+    return StageData(_tokenizer(config), _image_processor(config),
                      lambda split, folder=None: TfdsSource.from_name(d.name, split, data_dir=d.data_dir or None))
 
 

@@ -85,7 +85,16 @@ def _distill(**kw):
         teacher_floor=0.0,  # 0: off; else teacher answers scored below it leave training
         per_seed=2, max_new_per_round=128, answer_max_tokens=32, concurrency=8, gen_batch=16,
         assess_chunk=64,  # student answers per assessment batch (verdicts are saved per item)
-        teacher_url="",  # empty: start our server on the cached teacher; else any OpenAI-compatible URL
+        teacher_url="",  # empty: start our server on teacher_checkpoint; else any OpenAI-compatible URL
+        # A transformers directory or one of our Orbax checkpoints, served by launch/serve_teacher.py in
+        # its own process. Empty on the offline world: its teacher is trained and cached in the workdir.
+        teacher_checkpoint="",
+        # The judge's OpenAI-compatible endpoint and model; empty: the teacher's. Its key is read from the
+        # environment variable named here (never from the config, so it never reaches config.json).
+        judge_url="", judge_model="", judge_api_key_env="OPENAI_API_KEY",
+        # Your data (data.kind llava_json / tfds): the pool's LLaVA JSON or JSONL and its image folder
+        # (default: the file's folder). The offline world uses its own instructions.
+        pool_data="", image_folder="",
         teacher_model="comd-teacher", teacher_api_key="",
         eval_limit=270)  # held-out examples scored per round (30 per skill)
     base.update(kw)
@@ -180,12 +189,21 @@ def _paper():
     c.init_from, c.init_vision_from, c.init_required = "", "", True
     # Inside the workdir: a pod job resumed after a preemption skips its minutes-long compiles.
     c.compilation_cache_dir = "compilation_cache"
-    c.stages = ("stage1", "tune")
     c.stage1 = _stage(learning_rate=1e-3, global_batch=256, trainable=("projector/.*",), template="plain",
                       data="", eval_data="", length_buckets=(2048,), total_steps=2180,  # 558K captions / 256
                       save_every=500)
     c.tune = _stage(learning_rate=2e-5, global_batch=128, grad_accum_steps=16, length_buckets=(1024, 2048),
                     data="", eval_data="", total_steps=5200, save_every=500)
+    # CoMD after the projector stage: init_from is already instruction-tuned (LLaVA-1.5-7B), so
+    # only stage 1 runs before the rounds; set --config.stages="('stage1', 'tune')" to tune first.
+    c.stages = ("stage1",)
+    # Each round: LLaVA-1.5's tuning recipe (lr 2e-5, batch 128, cosine, 3% warmup) for about one
+    # epoch of a 10K-instruction pool that grows by up to 1K a round.
+    c.round_tune = _stage(learning_rate=2e-5, global_batch=128, grad_accum_steps=16, length_buckets=(1024, 2048),
+                          data="", eval_data="", total_steps=90, save_every=30)
+    c.distill = _distill(rounds=4, pool_size=10000, judge="llm", augmentor="llm", per_seed=1,
+                         max_new_per_round=1000, answer_max_tokens=512, concurrency=32, gen_batch=64,
+                         assess_chunk=256, teacher_model="llava-v1.5-13b")
     return c
 
 

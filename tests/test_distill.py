@@ -161,7 +161,7 @@ def test_teacher_heldout_is_evaluated_once_per_checkpoint_world_and_limit(tmp_pa
     import ml_collections
 
     from comd_jax.data.synthetic import world
-    from comd_jax.distill.driver import teacher_heldout
+    from comd_jax.distill.offline import teacher_heldout
 
     first = tmp_path / "comd" / "seed0" / "checkpoints"
     (first / "teacher_tune" / "1200").mkdir(parents=True)

@@ -174,6 +174,7 @@ def test_our_client(server):
     ours = ChatClient(ClientConfig(server.base_url, MODEL, api_key=KEY, max_concurrency=4))
     got = ours.chat_many_sync([([user_message("Is it red?", [png()])], {"temperature": 0, "max_tokens": 4})] * 3)
     assert len(got) == 3 and got[0] == got[1] == got[2] and len(got[0]) == 1
+    assert got[0][0].text and got[0][0].finish_reason in ("stop", "length")  # max_tokens=4: likely cut
     with pytest.raises(RequestRejected, match="404"):
         ChatClient(ClientConfig(server.base_url, "nope", api_key=KEY)).chat_sync([user_message("hi")])
     dead = ChatClient(ClientConfig(f"http://127.0.0.1:{free_port()}/v1", MODEL, retries=2, backoff_s=0.01))

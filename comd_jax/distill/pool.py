@@ -21,6 +21,9 @@ class PoolEntry:
     skill: Optional[str] = None
     reference: Optional[str] = None  # ground truth, where the data has one
     provenance: dict = dataclasses.field(default_factory=dict)
+    # Earlier turns of a multi-turn sample, as LLaVA writes them ({"from": "human"|"gpt", "value"}):
+    # teacher, student and judge see them before `instruction`; "<image>" may sit in the first.
+    context: list = dataclasses.field(default_factory=list)
     # provenance keys: round, seed_id (the hard instruction it grew from), answered_by
     # ("teacher" | "student"), scores ({"teacher": x, "student": y}), augmentor
 
@@ -35,13 +38,40 @@ class PoolEntry:
             raise ValueError(f"unknown pool entry fields {sorted(unknown)}")
         return cls(**d)
 
+    def turns(self) -> list:
+        """(role, text) of the whole conversation up to the instruction; role "user" | "assistant"."""
+        roles = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+        return [(roles[t["from"]], t["value"]) for t in self.context] + [("user", self.instruction)]
+
+    def question(self) -> str:
+        """What a judge reads as the question: earlier turns first, without image placeholders."""
+        lines = [f"{'User' if role == 'user' else 'Assistant'}: {_plain(text)}" for role, text in self.turns()[:-1]]
+        return "\n".join(lines + [("User: " if lines else "") + _plain(self.instruction)])
+
     def as_llava(self) -> dict:
         """The LLaVA JSON sample the trainer reads."""
-        sample = {"id": self.id, "conversations": [{"from": "human", "value": self.instruction},
+        sample = {"id": self.id, "conversations": [*self.context, {"from": "human", "value": self.instruction},
                                                    {"from": "gpt", "value": self.target}]}
         if self.image is not None:
             sample["image"] = self.image
         return sample
+
+
+def _plain(text: str) -> str:
+    return text.replace("<image>", "").strip()
+
+
+def chat_messages(entry: PoolEntry, images: list) -> list:
+    """OpenAI chat messages for an endpoint: every turn, the images with the first user turn."""
+    from comd_jax.serve.client import user_message
+
+    messages = []
+    for role, text in entry.turns():
+        if role == "user":
+            messages.append(user_message(_plain(text), images if not messages else ()))
+        else:
+            messages.append({"role": "assistant", "content": text})
+    return messages
 
 
 def append(path: str, entries: Iterable[PoolEntry]) -> int:

@@ -38,7 +38,6 @@ from comd_jax import multihost
 from comd_jax.distill import pool as pool_lib
 from comd_jax.distill.augment import filter_novel
 from comd_jax.distill.judges import Verdict
-from comd_jax.serve.client import user_message
 from comd_jax.distill.selection import SelectionConfig, select
 
 PHASES = ("tune", "assess", "select", "augment")
@@ -184,7 +183,7 @@ class Loop:
             async with gate:
                 kwargs = {"reference": entry.reference, "skill": entry.skill} if entry.reference is not None \
                     and _takes_reference(self.parts.judge) else {}
-                return await self.parts.judge.judge(entry.instruction.replace("<image>", "").strip(),
+                return await self.parts.judge.judge(entry.question(),
                                                     entry.target, answer, self.parts.images_of(entry), **kwargs)
 
         return await asyncio.gather(*(one(e, a) for e, a in zip(entries, answers)))
@@ -268,7 +267,7 @@ class Loop:
                     pool_lib.append(out, [entry])
                     return
                 choices = await self.parts.teacher.chat(
-                    [user_message(c.instruction.replace("<image>", "").strip(), self.parts.images_of(entry))],
+                    pool_lib.chat_messages(entry, self.parts.images_of(entry)),
                     temperature=0.0, max_tokens=self.cfg.answer_max_tokens)
                 entry.target = choices[0].text.strip()
                 pool_lib.append(out, [entry])

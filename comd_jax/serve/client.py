@@ -1,8 +1,9 @@
 """The one client protocol the distillation loop uses for teacher, judge and
 augmentor, against any OpenAI-compatible base URL (our server, vLLM, ...).
 
-- `ChatClient.chat(messages, **params)` → list of choice texts (async);
-  `chat_many` runs many at once under a concurrency limit; `*_sync` wrap both.
+- `ChatClient.chat(messages, **params)` → list of `Choice` (text and finish
+  reason, which the augmentor's truncation filter reads) (async); `chat_many`
+  runs many at once under a concurrency limit; `*_sync` wrap both.
 - Timeouts per request; retries with exponential backoff on connection errors,
   timeouts, 429 and 5xx; then `TeacherUnavailable` naming the URL and the last
   cause. Other 4xx are the caller's mistake: `RequestRejected` at once, with
@@ -28,6 +29,12 @@ from typing import Optional, Sequence
 
 import aiohttp
 import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    text: str
+    finish_reason: str = "stop"  # "length" means the answer was cut at max_tokens
 
 
 class TeacherUnavailable(RuntimeError):
@@ -99,7 +106,7 @@ class ChatClient:
         raise TeacherUnavailable(f"{self.url}: no answer after {cfg.retries + 1} attempts; last: {last}")
 
     async def chat_many(self, requests: Sequence[tuple]) -> list:
-        """[(messages, params dict)] → [[choice texts]], in order; all at once, at most
+        """[(messages, params dict)] → [[Choice]], in order; all at once, at most
         `max_concurrency` in flight."""
         semaphore = asyncio.Semaphore(self.config.max_concurrency)
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
@@ -107,7 +114,8 @@ class ChatClient:
             replies = await asyncio.gather(*(
                 self._post(session, semaphore, {"model": self.config.model, "messages": list(m), **p})
                 for m, p in requests))
-        return [[c["message"]["content"] for c in r["choices"]] for r in replies]
+        return [[Choice(c["message"]["content"] or "", c.get("finish_reason") or "stop") for c in r["choices"]]
+                for r in replies]
 
     async def chat(self, messages, **params) -> list:
         return (await self.chat_many([(messages, params)]))[0]

@@ -71,15 +71,22 @@ def engine_from_config(config, workdir: str, checkpoint: Optional[str] = None, *
     from transformers import AutoTokenizer
 
     from comd_jax import stages
+    from comd_jax.data.images import ImageProcessorConfig
 
     model_cfg = config_lib.model_config(config.teacher)
     mesh_cfg = config_lib.mesh_config(config.mesh)
     mesh = shd.make_mesh(mesh_cfg.shape(jax.device_count()))
-    data = stages.stage_data(config, workdir)
-    tokenizer = AutoTokenizer.from_pretrained(data.tokenizer_dir)
+    # A transformers teacher (LLaVA-13B) brings its own tokenizer and image processor; they win over
+    # the student's data, whose vocabulary may differ.
+    own = checkpoint if checkpoint and "://" not in checkpoint and os.path.isdir(checkpoint) else None
+    own_tokenizer = own and os.path.isfile(os.path.join(own, "tokenizer_config.json"))
+    own_processor = own and os.path.isfile(os.path.join(own, "preprocessor_config.json"))
+    data = None if own_tokenizer and own_processor else stages.stage_data(config, workdir)
+    tokenizer = AutoTokenizer.from_pretrained(own if own_tokenizer else data.tokenizer_dir)
+    image_processor = ImageProcessorConfig.from_pretrained(own) if own_processor else data.image_processor
     model = load_model(model_cfg, checkpoint, mesh, mesh_cfg.recipe, config.seed)
     template = config.tune.template if "tune" in config else "vicuna_v1"
-    prompter = Prompter(tokenizer, data.image_processor, template=template,
+    prompter = Prompter(tokenizer, image_processor, template=template,
                         image_token_id=model.cfg.image_token_id, num_image_tokens=model.cfg.num_image_tokens,
                         limits=limits)
     engine = Engine(model, tokenizer, engine_config, mesh=mesh, rules=shd.rules_for(mesh_cfg.recipe),

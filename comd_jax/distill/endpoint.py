@@ -1,0 +1,70 @@
+"""The teacher the rounds talk to: `distill.teacher_url` (any OpenAI-compatible server),
+or our server started as its own process on a teacher checkpoint."""
+from __future__ import annotations
+
+import os
+
+from comd_jax import atomic, multihost
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def snapshot(config, workdir: str) -> str:
+    """The run's config as WORKDIR/config.json, and the --config argument that loads it back."""
+    path = os.path.join(workdir, "config.json")
+    if multihost.is_writer():
+        atomic.write_text(path, config.to_json(indent=2))  # the teacher server reads it back
+    return f"{os.path.join(REPO, 'configs', 'snapshot.py')}:{path}"
+
+
+def openai_base(url: str) -> str:
+    """A base URL as the `openai` client takes it (`.../v1`); one given without `/v1` gets it."""
+    url = url.rstrip("/")
+    return url if url.endswith("/v1") or "/v1/" in url else url + "/v1"
+
+
+def check_answers(url: str, field: str, api_key: str = "", timeout_s: float = 10.0) -> None:
+    """Refuses, by name, an endpoint that does not answer at all (no server, wrong host or port).
+    Any HTTP answer, even 401 or 404, means something is there; the requests say the rest."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url + "/models", headers={"Authorization": f"Bearer {api_key}"} if api_key
+                                     else {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s):
+            return
+    except urllib.error.HTTPError:
+        return
+    except (OSError, ValueError) as e:
+        raise ConnectionError(f"config.distill.{field}={url!r} does not answer ({url}/models: "
+                              f"{getattr(e, 'reason', e)}); start the server or fix the URL") from None
+
+
+class TeacherEndpoint:
+    """`with TeacherEndpoint(config, workdir, checkpoint, ServerProcess) as base_url:`.
+
+    Only process 0 talks to the teacher, so only process 0 starts the server; the others get
+    an empty URL they never use."""
+
+    def __init__(self, config, workdir: str, checkpoint: str, server_cls):
+        self.url = config.distill.teacher_url
+        if not self.url and not checkpoint:
+            raise ValueError("the CoMD rounds need a teacher: set config.distill.teacher_url (an OpenAI-compatible "
+                             "base URL) or config.distill.teacher_checkpoint (served by launch/serve_teacher.py)")
+        self.server = None if self.url or not multihost.is_writer() else server_cls(
+            snapshot(config, workdir), workdir=workdir, checkpoint=checkpoint,
+            model_name=config.distill.teacher_model)
+
+    def __enter__(self) -> str:
+        if self.server is None:
+            if self.url and multihost.is_writer():
+                self.url = openai_base(self.url)
+                check_answers(self.url, "teacher_url")
+            return self.url
+        self.server.start()
+        return self.server.base_url
+
+    def __exit__(self, *exc):
+        if self.server is not None:
+            self.server.stop()

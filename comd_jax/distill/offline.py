@@ -1,0 +1,150 @@
+"""The offline world as CoMD plug-ins: one set of the driver's parts, nothing more.
+
+- Its teacher is trained by its own step (`train_teacher`) before the rounds, cached
+  in the workdir's checkpoints, and then reached like any user's teacher: through
+  our server started on that checkpoint (`distill.teacher_checkpoint`).
+- Its pool is the first `distill.pool_size` of the world's LLaVA instruction file.
+- With ground truth it brings a reference judge (`WorldJudge`, scored as the held-out
+  evaluation scores) and a procedural augmentor (new scenes of a seed's skill).
+- Its evaluator scores the held-out split per skill and measures image reliance.
+
+The driver (`comd_jax.distill.driver`) imports nothing of this module; the table in
+`comd_jax.distill.kinds` picks it for `config.data.kind == "world"`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+
+from comd_jax import config as config_lib
+from comd_jax import multihost
+from comd_jax import stages as stages_lib
+from comd_jax.distill.job import Job
+from comd_jax.distill.protocol import Kind
+from comd_jax.train.sequence import check_tokenizer, train_stages
+
+
+def teacher_seed(config) -> int:
+    """The teacher's own seed (config.teacher_seed), or the run's when that is -1."""
+    return config.seed if config.get("teacher_seed", -1) < 0 else config.teacher_seed
+
+
+def train_teacher(job: Job) -> tuple:
+    """The world's teacher through `config.teacher_stages` (resumable; a finished one is restored):
+    (its checkpoint directory, the stages' summaries)."""
+    config = job.config
+    teacher_cfg = config_lib.model_config(config.teacher)
+    check_tokenizer(job.tokenizer, teacher_cfg, "teacher")
+    print("== teacher (trained once, cached in the workdir) ==", flush=True)
+    _, summaries = train_stages(config, job.workdir, teacher_cfg, config.teacher_stages, job.data, job.tokenizer,
+                                job.mesh, job.recipe, seed=teacher_seed(config))
+    return os.path.join(job.workdir, "checkpoints", config.teacher_stages[-1]), summaries
+
+
+@dataclasses.dataclass
+class WorldPool:
+    """The first `size` instructions of the world's LLaVA export (PNG images beside it)."""
+    image_root: str
+    size: int
+
+    def entries(self) -> list:
+        """Each example's first turn; its short ground truth is the reference."""
+        from comd_jax.distill.pool import PoolEntry
+
+        with open(os.path.join(self.image_root, "instructions.json")) as f:
+            samples = json.load(f)[: self.size]
+        return [PoolEntry(id=s["id"], instruction=s["conversations"][0]["value"],
+                          target=s["conversations"][1]["value"].strip(), image=s.get("image"), skill=s.get("skill"),
+                          reference=(s.get("answer") or "").split(" | ")[0] or None) for s in samples]
+
+    def images_of(self, entry) -> list:
+        if entry.image is None:
+            return []
+        with open(os.path.join(self.image_root, entry.image), "rb") as f:
+            return [f.read()]
+
+
+class WorldEvaluator:
+    """Per-skill held-out scores (`distill.eval_limit` examples) and image reliance on the
+    tuning stage's held-out instructions; the teacher is scored in-process from its checkpoint."""
+
+    def __init__(self, job: Job, teacher_checkpoint: str):
+        self.job, self.teacher_checkpoint = job, teacher_checkpoint
+        self.spec = stages_lib.world_spec(job.config.data)
+        self.teacher_cfg = config_lib.model_config(job.config.teacher)
+
+    def _heldout(self, model_cfg):  # its own image-token count: teacher and student may differ
+        job = self.job
+        return stages_lib.eval_batches(job.data, job.config.tune, job.tokenizer, model_cfg.num_image_tokens)()
+
+    def _scores(self, name: str, answerer) -> dict:
+        from comd_jax.eval.synthetic import evaluate_world
+
+        return evaluate_world({name: answerer}, self.spec, limit=self.job.config.distill.eval_limit)
+
+    def teacher(self) -> dict:
+        from comd_jax.eval.image_reliance import image_reliance
+        from comd_jax.serve.loading import load_model
+
+        job = self.job
+        model = load_model(self.teacher_cfg, self.teacher_checkpoint, job.mesh, job.recipe)  # Orbax or transformers
+        result = teacher_heldout(job.config, self.teacher_checkpoint, self.spec,
+                                 lambda: self._scores("teacher", job.answerer(model, progress="held-out: teacher")))
+        return {"scores": result["models"]["teacher"]["scores"],
+                "image_reliance": image_reliance(model, self._heldout(self.teacher_cfg))}
+
+    def student(self, round_index: int, student) -> dict:
+        from comd_jax.eval.image_reliance import image_reliance
+
+        answerer = student.answerer(round_index, progress=f"held-out: student after round {round_index}")
+        result = self._scores("student", answerer)
+        return {"scores": result["models"]["student"]["scores"],
+                "image_reliance": image_reliance(answerer.model, self._heldout(student.cfg))}
+
+
+def teacher_heldout(config, teacher_ckpt: str, spec, evaluate) -> dict:
+    """The teacher's held-out evaluation, computed once per teacher checkpoint, world and answer
+    settings, and kept beside the checkpoint's real folder. The runs of an ablation link the first
+    run's teacher, so they share the file; at 2700 held-out examples that saves minutes a run."""
+    if "://" in teacher_ckpt or not os.path.isdir(teacher_ckpt):  # an object store: no side files
+        return evaluate()
+    real = os.path.realpath(teacher_ckpt)
+    steps = sorted((d, os.stat(os.path.join(real, d)).st_mtime_ns) for d in os.listdir(real) if d.isdigit())
+    key = json.dumps({"checkpoint": real, "steps": steps, "spec": dataclasses.asdict(spec),
+                      "limit": config.distill.eval_limit, "max_new_tokens": config.distill.answer_max_tokens},
+                     sort_keys=True)
+    path = f"{real}_heldout_{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    # Every process decides alike (the file predates this run or is absent for all), so the
+    # collective evaluation runs on all of them or on none.
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    result = evaluate()
+    if multihost.is_writer():
+        with open(path + ".tmp", "w") as f:
+            json.dump(result, f)
+        os.replace(path + ".tmp", path)
+    return result
+
+
+def world_kind(job: Job) -> Kind:
+    """The world's parts; trains (or restores) its teacher first."""
+    from comd_jax.distill.augment import ProceduralAugmentor
+    from comd_jax.distill.judges import WorldJudge
+
+    config = job.config
+    # A teacher of the user's (distill.teacher_checkpoint) stands in for the world's own.
+    checkpoint, summaries = (config.distill.teacher_checkpoint, []) if config.distill.get("teacher_checkpoint", "") \
+        else train_teacher(job)
+    pool = WorldPool(os.path.join(stages_lib.world_dir(job.workdir), "llava"), config.distill.pool_size)
+    spec = stages_lib.world_spec(config.data)
+    return Kind(
+        pool=pool, evaluator=WorldEvaluator(job, checkpoint), teacher_checkpoint=checkpoint,
+        judges={"reference": lambda client: WorldJudge()},
+        augmentors={"procedural": lambda client: ProceduralAugmentor(spec, pool.image_root,
+                                                                    per_seed=config.distill.per_seed,
+                                                                    seed=config.seed)},
+        title="CoMD on the offline world: held-out scores by round",
+        report={"teacher_stages": summaries})

@@ -1,0 +1,130 @@
+"""CoMD on files laid out as a user has them, through the launcher, as a user types it:
+a transformers student (init_from, its tokenizer and image processor inside), a
+transformers teacher served by our server from `distill.teacher_checkpoint`, a
+LLaVA JSONL pool with integer ids, JPEG images in nested folders, a multi-turn and
+a text-only sample and one broken sample, and the pool's own answers as the judge.
+Then a SIGKILL inside the assessment and a rerun must end where the first run did."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests._multidevice import REPO
+
+pytestmark = pytest.mark.e2e
+
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
+
+
+def _save(model_section, seed, out, world_dir):
+    import configs.comd as comd
+    from comd_jax import config as config_lib
+    from comd_jax.convert.hf import save_pretrained
+    from comd_jax.models import build
+
+    save_pretrained(build.build_model(config_lib.model_config(comd.get_config("smoke")[model_section]), seed=seed),
+                    str(out))
+    for name in os.listdir(world_dir / "tokenizer"):  # a checkpoint directory as transformers writes it
+        shutil.copy(world_dir / "tokenizer" / name, out / name)
+    shutil.copy(world_dir / "image_processor" / "preprocessor_config.json", out)
+
+
+@pytest.fixture(scope="module")
+def user_files(tmp_path_factory):
+    from PIL import Image
+
+    from comd_jax.data.synthetic import prepare, world
+
+    root = tmp_path_factory.mktemp("user")
+    wd = root / "made_by_world"
+    prepare.prepare_world(str(wd), world.WorldSpec(seed=5, num_captions=32, num_instructions=24, num_heldout=8))
+    for name, seed in (("student", 1), ("teacher", 2)):
+        (root / name).mkdir()
+        _save("model" if name == "student" else "teacher", seed, root / name, wd)
+    llava = wd / "llava"
+    samples = json.load(open(llava / "instructions.json"))
+    pool = []
+    for k, s in enumerate(samples[:10]):  # JPEGs in nested folders, integer ids
+        rel = f"scenes/part{k % 2}/{k}.jpg"
+        os.makedirs(root / "images" / os.path.dirname(rel), exist_ok=True)
+        Image.open(llava / s["image"]).convert("RGB").save(root / "images" / rel, quality=95)
+        pool.append({"id": 1000 + k, "image": rel, "conversations": s["conversations"][:2]})
+    pool.append({"id": 2000, "image": "scenes/part0/0.jpg", "conversations": [
+        {"from": "human", "value": "<image>\nWhich colour is it?"}, {"from": "gpt", "value": "Blue."},
+        {"from": "human", "value": "How many are there?"}, {"from": "gpt", "value": "3"}]})
+    pool.append({"id": 2001, "conversations": [{"from": "human", "value": "Name a colour."},
+                                               {"from": "gpt", "value": "red"}]})
+    pool.append({"id": 2002, "image": "scenes/missing.jpg", "conversations": samples[11]["conversations"][:2]})
+    with open(root / "pool.jsonl", "w") as f:
+        f.writelines(json.dumps(p) + "\n" for p in pool)
+    return root
+
+
+def command(files, workdir):
+    return [sys.executable, "launch/train.py", "--config=configs/comd.py:smoke", f"--workdir={workdir}",
+            "--config.data.kind=llava_json", f"--config.init_from={files / 'student'}",
+            "--config.stages=('stage1',)",
+            f"--config.stage1.data={files / 'made_by_world' / 'llava' / 'captions.json'}",
+            f"--config.stage1.eval_data={files / 'made_by_world' / 'llava' / 'captions.json'}",
+            f"--config.distill.pool_data={files / 'pool.jsonl'}", f"--config.distill.image_folder={files / 'images'}",
+            f"--config.distill.teacher_checkpoint={files / 'teacher'}", "--config.distill.judge=reference",
+            "--config.distill.augmentor=llm", "--config.distill.pool_size=8", "--config.distill.rounds=2"]
+
+
+def lines(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def test_user_files_run_end_to_end_and_resume_after_a_kill(user_files, tmp_path):
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    for name in ("launch", "configs"):
+        os.symlink(os.path.join(REPO, name), clone / name)
+    env = {**ENV, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cache")}
+    first = subprocess.run(command(user_files, "first"), cwd=clone, env=env, capture_output=True, text=True,
+                           timeout=1200)
+    assert first.returncode == 0, first.stderr[-6000:]
+    assert "pool.jsonl: skipping 1 sample(s), missing_image: 2002" in first.stdout
+    work = clone / "first"
+    results = json.load(open(work / "report" / "results.json"))
+    assert results["pool_lint"]["skipped"] == {"missing_image": 1} and results["pool_lint"]["ok"] == 12
+    assert [r["round"] for r in results["rounds"]] == [0, 1]
+    assert all(len(r["student_params_sha256"]) == 64 for r in results["rounds"])
+    pool = {p["id"]: p for p in lines(work / "distill" / "train_pool.jsonl")}
+    initial = [p for p in pool.values() if p["provenance"]["round"] == -1]
+    assert len(initial) == 8 and all(isinstance(i, str) for i in pool)
+    assert {p["provenance"]["answered_by"] for p in initial} <= {"teacher", "student"}
+    # Every initial sample was answered by the teacher over HTTP, multi-turn ones with their context.
+    assert all(p["reference"] for p in initial)
+    assert pool["2000"]["instruction"] == "How many are there?" and len(pool["2000"]["context"]) == 2
+    assert pool["2001"]["image"] is None  # text-only
+    # The LLM augmentor's new instructions, answered by the teacher, joined the pool.
+    augmented = [p for p in pool.values() if p["provenance"].get("augmentor") == "llm"]
+    assert augmented and sum(r["added"] for r in results["rounds"]) == len(augmented)
+    assert json.load(open(work / "distill" / "pool_source.json"))["image_folder"] == str(user_files / "images")
+
+    # The same run, killed after its first judged assessment batch, then typed again.
+    killed = subprocess.run([sys.executable, os.path.join(REPO, "tests", "_killed_run.py"), "assess", "1", "--",
+                             *command(user_files, "second")[2:]], cwd=clone, env=env, capture_output=True,
+                            text=True, timeout=1200)
+    assert killed.returncode == -9, killed.stderr[-6000:]
+    again = subprocess.run(command(user_files, "second"), cwd=clone, env=env, capture_output=True, text=True,
+                           timeout=1200)
+    assert again.returncode == 0, again.stderr[-6000:]
+    second = json.load(open(clone / "second" / "report" / "results.json"))
+    assert [r["student_params_sha256"] for r in second["rounds"]] == \
+        [r["student_params_sha256"] for r in results["rounds"]]
+    assert lines(clone / "second" / "distill" / "train_pool.jsonl") == lines(work / "distill" / "train_pool.jsonl")
+
+    # The images moved: a resume says where they were, before any compute.
+    shutil.move(user_files / "images", user_files / "images_moved")
+    try:
+        moved = subprocess.run(command(user_files, "second"), cwd=clone, env=env, capture_output=True, text=True,
+                               timeout=600)
+    finally:
+        shutil.move(user_files / "images_moved", user_files / "images")
+    assert moved.returncode != 0
+    assert "config.distill.image_folder" in moved.stderr and "this run started with" in moved.stderr
