@@ -59,3 +59,24 @@ def _by_choice_text(text: str, choices: Sequence[str], valid: str) -> Optional[s
     said = _normalize(text)
     hits = [valid[i] for i, choice in enumerate(choices[:len(valid)]) if _normalize(str(choice)) == said]
     return hits[0] if len(hits) == 1 else None
+
+
+# LLaVA's own rules (llava/eval/eval_science_qa.py, LLaVA-1.5), which the paper's and the
+# leaderboard's ScienceQA numbers use: the reply is exactly a letter, or starts with a letter
+# and ". ", or holds exactly one "The answer is X" followed by any one character (their
+# pattern's unescaped dot). The letter must name one of the question's options. Anything else
+# is wrong, with no second chance: `extract_letter` is kept only for the lenient column.
+_LLAVA_OPTIONS = ("A", "B", "C", "D", "E")  # a list there: membership is exact, not substring
+_LLAVA_STATED = re.compile(r"The answer is ([A-Z]).")
+
+
+def llava_letter(reply: str, num_options: int) -> Optional[str]:
+    """The option letter LLaVA's ScienceQA scorer reads from `reply`, or None (counted wrong)."""
+    if reply in _LLAVA_OPTIONS:
+        letter = reply
+    elif len(reply) >= 3 and reply[0] in _LLAVA_OPTIONS and reply[1:3] == ". ":
+        letter = reply[0]
+    else:
+        found = _LLAVA_STATED.findall(reply)
+        letter = found[0] if len(found) == 1 else None
+    return letter if letter and letter in _LLAVA_OPTIONS[:num_options] else None

@@ -40,8 +40,9 @@ def scores_table(by_model: Mapping[str, Mapping[str, object]]) -> str:
 def result_markdown(result: Mapping) -> str:
     parts = [f"# {result['benchmark']}\n", scores_table(scores_by_model(result))]
     for name, r in sorted(result["models"].items()):
-        if r.get("unparseable"):
-            parts.append(f"\n{name}: {len(r['unparseable'])} unparseable (counted as "
+        unparsed = r.get("unparsed") or r.get("unparseable")
+        if unparsed:
+            parts.append(f"\n{name}: {len(unparsed)} unparsed (counted as "
                          f"{'wrong' if result['benchmark'] != 'judged' else 'excluded'}; listed in the JSON)\n")
     return "".join(parts)
 

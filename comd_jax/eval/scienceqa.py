@@ -7,7 +7,11 @@ Inputs (what users already have):
                  "subject", "grade", ...}}
 Columns: NAT/SOC/LAN by subject; TXT = has a text context (hint), IMG = has an
 image context, NO = neither (TXT and IMG overlap); G1-6 / G7-12 by grade;
-"average" over every question. Unparseable replies count as wrong and are listed.
+"average" over every question. Replies are read by LLaVA's own rules
+(`letters.llava_letter`: a bare letter, a letter then ". ", or exactly one "The
+answer is X."), so `average` is the number the paper and the leaderboard report;
+anything else counts as wrong and is listed as `unparsed`. Our lenient reading
+("(B)", "Answer: D", an option's text) is reported beside it as `average_lenient`.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from typing import Mapping, Optional, Sequence
 
 from comd_jax.data.templates import IMAGE_PLACEHOLDER
 from comd_jax.eval.answerer import Answerer, ask
-from comd_jax.eval.letters import extract_letter
+from comd_jax.eval.letters import extract_letter, llava_letter
 
 SUFFIX = "Answer with the option's letter from the given choices directly."
 COLUMNS = ("NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12")
@@ -68,11 +72,14 @@ def leaderboard(records: Sequence[Mapping]) -> dict:
 
 
 def score(question_id: str, reply: str, problem: Mapping) -> dict:
+    """One reply, by LLaVA's rules (`letter`, `correct`) and by our lenient reading beside them."""
     choices = list(problem["choices"])
-    letter = extract_letter(reply, len(choices), choices)
+    letter = llava_letter(reply, len(choices))
+    lenient = extract_letter(reply, len(choices), choices)
     truth = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[int(problem["answer"])]
     return {"id": question_id, "reply": reply, "letter": letter, "answer": truth,
-            "correct": letter == truth, "columns": columns_of(problem)}
+            "correct": letter == truth, "letter_lenient": lenient, "correct_lenient": lenient == truth,
+            "columns": columns_of(problem)}
 
 
 def evaluate_scienceqa(answerer: Answerer, question_file: str, problems_file: str, image_folder: str = "",
@@ -88,10 +95,14 @@ def evaluate_scienceqa(answerer: Answerer, question_file: str, problems_file: st
     replies = answerer.answer(requests)
     records = [score(str(q["id"]), reply, problems[str(q["id"])]) for q, reply in zip(questions, replies)]
     table = leaderboard(records)
+    lenient = leaderboard([{"correct": r["correct_lenient"], "columns": []} for r in records])["average"]
+    unparsed = [{"id": r["id"], "reply": r["reply"]} for r in records if r["letter"] is None]
     return {
         "benchmark": "scienceqa",
-        "scores": {name: cell["accuracy"] for name, cell in table.items()},
+        # LLaVA's rules make `average` and the columns; the lenient reading is reported beside, never instead.
+        "scores": {**{name: cell["accuracy"] for name, cell in table.items()},
+                   "average_lenient": lenient["accuracy"], "unparsed": len(unparsed)},
         "table": table,
-        "unparseable": [{"id": r["id"], "reply": r["reply"]} for r in records if r["letter"] is None],
+        "unparsed": unparsed,
         "records": records,
     }
