@@ -8,6 +8,7 @@ it from random weights would train a projector between two noise generators:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Optional
 
@@ -61,3 +62,72 @@ def student_params(config, model_cfg: VLMConfig, mesh, recipe: str) -> Optional[
         raise ValueError(f"config.init_from={path!r} does not match config.model; set these to the "
                          "checkpoint's values:\n  " + "\n  ".join(bad))
     return nnx.state(model).to_pure_dict()
+
+
+# What a LLaVA checkpoint's config.json decides besides the two towers (a plain LLM has none of them).
+_FROM_CHECKPOINT = ("image_token_id", "projector", "feature_layer", "select_strategy")
+
+
+def checkpoint_architecture(config) -> VLMConfig:
+    """The student's architecture as `config.init_from`'s config.json (and `init_vision_from`'s, for
+    a plain Llama/Vicuna) says it is."""
+    from comd_jax.convert import hf_config
+
+    def read(field):
+        path = config[field]
+        _check_dir(field, path)
+        with open(os.path.join(path, "config.json")) as f:
+            return json.load(f)
+
+    overrides = {}
+    if config.get("init_vision_from", ""):
+        vision = hf_config.vision_config_of(read("init_vision_from"))
+        if vision is None:
+            raise ValueError(f"config.init_vision_from={config.init_vision_from!r}: not a CLIP checkpoint")
+        overrides["vision"] = hf_config.vision_from_hf(vision)
+    main = read("init_from")
+    if main.get("model_type") != "llava":  # a plain LLM: the placeholder id and projector are the config's
+        overrides.update({k: config.model[k] for k in _FROM_CHECKPOINT})
+    return hf_config.vlm_from_hf(main, **overrides)
+
+
+def _section(value):
+    """A config value as the ConfigDict holds it (dataclasses as dicts, tuples as lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value))
+
+
+def adopt_architecture(config, user_set=()) -> list:
+    """With `config.init_from`, `config.model`'s towers (text, vision) and its LLaVA fields come from
+    the checkpoint, so a preset's sizes never fight the user's checkpoint. A field the user set
+    (`user_set`: the dotted names of the command line's overrides, e.g. "model.text.hidden_size")
+    that disagrees is an error naming both values. Returns the fields that changed."""
+    path = config.get("init_from", "") or ""
+    if not path or "://" in path:  # an object store: the loader's own check compares later
+        return []
+    theirs = checkpoint_architecture(config)
+    wanted = {"text": _section(theirs.text), **({"vision": _section(theirs.vision)} if theirs.vision else {}),
+              **{k: getattr(theirs, k) for k in _FROM_CHECKPOINT}}
+
+    def leaves(prefix, value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                yield from leaves(f"{prefix}.{k}", v)
+        else:
+            yield prefix, value
+
+    theirs_flat = dict(p for key, value in wanted.items() for p in leaves(f"model.{key}", value))
+    clashes = [f"{name}: {_section(value)!r} (command line) vs {theirs_flat[name]!r} ({path}/config.json)"
+               for name, value in dict(user_set).items() if name in theirs_flat
+               and _section(value) != theirs_flat[name]]
+    if clashes:
+        raise ValueError(f"config.init_from={path!r}: the architecture comes from the checkpoint, and these "
+                         "overrides disagree with it:\n  " + "\n  ".join(clashes))
+    ours = _section(config.model.to_dict())
+    changed = sorted(name for name, value in theirs_flat.items()
+                     if dict(leaves("model", ours)).get(name, object()) != value)
+    import ml_collections
+
+    with config.unlocked():
+        for key, value in wanted.items():
+            config.model[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+    return changed

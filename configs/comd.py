@@ -101,6 +101,22 @@ def _distill(**kw):
     return ml_collections.ConfigDict(base)
 
 
+def _eval(**kw):
+    """Benchmarks the CoMD run scores: the student before round 0 and after every round, the teacher
+    once through its endpoint (WORKDIR/eval/<who>/<benchmark>.json, then the report)."""
+    base = dict(
+        benchmarks=("world",),  # scienceqa | llava_bench | world (the offline world's held-out split)
+        # ScienceQA as LLaVA evaluates it: llava_test_CQM-A.json, ScienceQA's problems.json, the test images
+        scienceqa_questions="", scienceqa_problems="", scienceqa_images="",
+        # LLaVA-Bench (In-the-Wild): questions.jsonl, answers_gpt4.jsonl, context.jsonl and its images
+        # (default: the questions file's folder); judged through distill.judge_url (default: the teacher's)
+        llava_bench_questions="", llava_bench_answers="", llava_bench_context="", llava_bench_images="",
+        limit=0,  # 0: every question; N: the first N (a quick look)
+        max_new_tokens=0)  # 0: distill.answer_max_tokens
+    base.update(kw)
+    return ml_collections.ConfigDict(base)
+
+
 def _caption_stage(**kw):
     return _stage(template="plain", data="captions", eval_data="heldout_captions", length_buckets=(48,),
                   **kw)  # captions: 23-43 tokens
@@ -156,6 +172,7 @@ def _default():
     # Each round's instruction tuning of the student on the train pool.
     c.round_tune = _stage(learning_rate=3e-4, global_batch=16, total_steps=60, data="", eval_data="")
     c.distill = _distill()
+    c.eval = _eval()
     return c
 
 
@@ -204,6 +221,8 @@ def _paper():
     c.distill = _distill(rounds=4, pool_size=10000, judge="llm", augmentor="llm", per_seed=1,
                          max_new_per_round=1000, answer_max_tokens=512, concurrency=32, gen_batch=64,
                          assess_chunk=256, teacher_model="llava-v1.5-13b")
+    # --config.eval.benchmarks="('scienceqa',)" with the three scienceqa_* files (README, "Bring your own").
+    c.eval = _eval(benchmarks=(), max_new_tokens=128)
     return c
 
 

@@ -29,10 +29,15 @@ def main(argv):
     # Before anything touches a JAX backend: joining the job fixes the global device list.
     distributed.initialize_from_flags()
     import comd_jax.run
-    from comd_jax import compile_cache, paths
+    from comd_jax import compile_cache, paths, pretrained
 
     config = flags.FLAGS.config
     workdir = paths.startup(config, flags.FLAGS.workdir)  # Orbax refuses relative paths
+    # With init_from, the student's architecture is the checkpoint's; an override that disagrees is an error.
+    changed = pretrained.adopt_architecture(config, config_flags.get_override_values(flags.FLAGS["config"]))
+    if changed:
+        logging.warning("config.model: %d field(s) taken from config.init_from (e.g. %s)", len(changed),
+                        ", ".join(changed[:4]))
     compile_cache.enable(config, workdir)  # before anything compiles
     comd_jax.run.run(config, workdir)
 

@@ -124,8 +124,15 @@ def test_smoke_preset_runs_the_whole_method(smoke):
         assert reliance["tokens"] > 0 and reliance["gap"] == pytest.approx(
             reliance["loss_other_images"] - reliance["loss"])
     r0 = rounds[0]
-    assert set(r0["student"]) >= {"colour", "counting", "multiple_choice", "mean"}
-    assert set(r0["teacher"]) == set(r0["student"])
+    assert results["benchmarks"] == ["world"]
+    assert set(r0["student"]["world"]) >= {"colour", "counting", "multiple_choice", "mean"}
+    assert set(results["teacher"]["world"]) == set(r0["student"]["world"]) == set(results["baseline"]["world"])
+    assert r0["verdicts_excluded"] == 0  # the reference judge reads every answer
+    # Each evaluation was kept as it finished: the warm-up student, every round, the teacher.
+    for who in ("baseline", "round0", "teacher"):
+        kept = json.load(open(smoke / "eval" / who / "world.json"))
+        assert kept["result"]["scores"] == (results["teacher"] if who == "teacher" else results["baseline"]
+                                            if who == "baseline" else r0["student"])["world"]
     state = json.load(open(smoke / "distill" / "state.json"))
     tuned = state["history"][0]
     # 12 instructions; one the smoke teacher answered with nothing is left out of the training set.

@@ -128,3 +128,123 @@ def test_user_files_run_end_to_end_and_resume_after_a_kill(user_files, tmp_path)
         shutil.move(user_files / "images_moved", user_files / "images")
     assert moved.returncode != 0
     assert "config.distill.image_folder" in moved.stderr and "this run started with" in moved.stderr
+
+
+class FakeJudge:
+    """A GPT-4-class judge stand-in on localhost: an OpenAI chat endpoint whose two scores are a
+    hash of the request, so they vary from item to item and a rerun gets the same verdicts."""
+
+    def __init__(self):
+        import hashlib
+        import http.server
+        import threading
+
+        asked = self.asked = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, body):
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self._send({"object": "list", "data": [{"id": "judge-4", "object": "model"}]})
+
+            def do_POST(self):
+                request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                asked.append(request["model"])
+                h = int(hashlib.sha256(json.dumps(request["messages"]).encode()).hexdigest(), 16)
+                text = f"{3 + h % 7} {3 + (h // 7) % 7}\nAssistant 1 is more precise."
+                self._send({"id": "x", "object": "chat.completion", "model": request["model"], "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]})
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+def paper_command(files, workdir, judge_url):
+    """configs/comd.py:paper on the user's files, with step counts and lengths a CPU runs in seconds;
+    every other flag is the README's "Bring your own" command."""
+    sqa = files / "scienceqa"
+    tiny = [f"--config.{s}.{k}={v}" for s in ("stage1", "round_tune")
+            for k, v in (("total_steps", 2), ("global_batch", 4), ("grad_accum_steps", 1), ("save_every", 1),
+                         ("log_every", 1))]
+    return [sys.executable, "launch/train.py", "--config=configs/comd.py:paper", f"--workdir={workdir}",
+            f"--config.init_from={files / 'student'}",
+            f"--config.stage1.data={files / 'made_by_world' / 'llava' / 'captions.json'}",
+            f"--config.stage1.image_folder={files / 'made_by_world' / 'llava'}",
+            f"--config.distill.pool_data={files / 'pool.jsonl'}", f"--config.distill.image_folder={files / 'images'}",
+            f"--config.distill.teacher_checkpoint={files / 'teacher'}", "--config.distill.teacher_model=tiny-teacher",
+            "--config.distill.judge=llm", "--config.distill.augmentor=llm",
+            f"--config.distill.judge_url={judge_url}", "--config.distill.judge_model=judge-4",
+            "--config.eval.benchmarks=('scienceqa',)", f"--config.eval.scienceqa_questions={sqa / 'questions.json'}",
+            f"--config.eval.scienceqa_problems={sqa / 'problems.json'}",
+            f"--config.eval.scienceqa_images={sqa}",
+            *tiny, "--config.stage1.length_buckets=(48,)", "--config.round_tune.length_buckets=(128,)",
+            "--config.model.dtype=float32", "--config.teacher.dtype=float32", "--config.teacher.param_dtype=float32",
+            "--config.distill.rounds=2", "--config.distill.pool_size=8", "--config.distill.max_new_per_round=4",
+            "--config.distill.answer_max_tokens=8", "--config.distill.concurrency=4", "--config.distill.gen_batch=4",
+            "--config.distill.assess_chunk=4", "--config.eval.limit=6"]
+
+
+def test_paper_preset_on_user_files_with_llm_judge_and_scienceqa_resumes_after_a_kill(user_files, tmp_path):
+    from comd_jax.data.synthetic import world
+    from comd_jax.eval.world_scienceqa import export_scienceqa
+
+    export_scienceqa(world.WorldSpec(seed=5, num_captions=32, num_instructions=24, num_heldout=60),
+                     str(user_files / "scienceqa"))
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    for name in ("launch", "configs"):
+        os.symlink(os.path.join(REPO, name), clone / name)
+    env = {**ENV, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cache")}
+    judge = FakeJudge()
+    try:
+        first = subprocess.run(paper_command(user_files, "first", judge.url), cwd=clone, env=env,
+                               capture_output=True, text=True, timeout=900)
+        assert first.returncode == 0, first.stderr[-6000:]
+        asked_first = len(judge.asked)
+        killed = subprocess.run([sys.executable, os.path.join(REPO, "tests", "_killed_run.py"), "assess", "1", "--",
+                                 *paper_command(user_files, "second", judge.url)[2:]], cwd=clone, env=env,
+                                capture_output=True, text=True, timeout=900)
+        assert killed.returncode == -9, killed.stderr[-6000:]
+        again = subprocess.run(paper_command(user_files, "second", judge.url), cwd=clone, env=env,
+                               capture_output=True, text=True, timeout=900)
+        assert again.returncode == 0, again.stderr[-6000:]
+    finally:
+        judge.close()
+    assert asked_first and set(judge.asked) == {"judge-4"}  # the judge endpoint, not the teacher, judged
+    work = clone / "first"
+    results = json.load(open(work / "report" / "results.json"))
+    assert results["benchmarks"] == ["scienceqa"]
+    for scores in [results["teacher"]["scienceqa"], results["baseline"]["scienceqa"],
+                   *(r["student"]["scienceqa"] for r in results["rounds"])]:
+        assert {"average", "average_lenient", "unparsed", "NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6",
+                "G7-12"} <= set(scores)
+    kept = json.load(open(work / "eval" / "teacher" / "scienceqa.json"))["result"]
+    assert len(kept["records"]) == 6  # eval.limit: the teacher answered six questions over HTTP
+    assert [r["round"] for r in results["rounds"]] == [0, 1]
+    r0 = results["rounds"][0]
+    assert r0["pool_size"] >= 7 and r0["verdicts_excluded"] == 0 and r0["hard"] + r0["student_wins"] >= 1
+    assert sum(r["added"] for r in results["rounds"]) >= 1  # the teacher wrote new instructions
+    assert results["student_stages"] and results["pool_lint"]["ok"] == 12
+    for name in ("report.md", "score_by_round.png"):
+        assert (work / "report" / name).stat().st_size > 0
+    snapshot = json.load(open(work / "config.json"))
+    assert snapshot["model"]["text"]["hidden_size"] == 64  # the student's architecture is its checkpoint's
+
+    second = json.load(open(clone / "second" / "report" / "results.json"))
+    assert [r["student_params_sha256"] for r in second["rounds"]] == \
+        [r["student_params_sha256"] for r in results["rounds"]]
+    assert second["rounds"] == results["rounds"] and second["teacher"] == results["teacher"]
+    assert lines(clone / "second" / "distill" / "train_pool.jsonl") == lines(work / "distill" / "train_pool.jsonl")

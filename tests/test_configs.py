@@ -59,8 +59,8 @@ def test_ablation_trains_the_teacher_once_and_each_seeds_warm_up_once(tmp_path, 
                 open(os.path.join(path, "by"), "w").write(f"{cfg.seed} {cfg.distill.seed_policy}")
                 trained.append((part, cfg.seed, cfg.distill.seed_policy))
         score = 10.0 * cfg.seed + (1 + cfg.seed) * (cfg.distill.seed_policy == "hard")  # CoMD ahead by 1, 2, 3
-        return {"rounds": [{"student": {"mean": score + r}, "teacher": {"mean": 40.0}, "added": 96}
-                           for r in range(cfg.distill.rounds)]}
+        return {"teacher": {"world": {"mean": 40.0}},
+                "rounds": [{"student": {"world": {"mean": score + r}}, "added": 96} for r in range(cfg.distill.rounds)]}
 
     monkeypatch.setattr(driver, "run_comd", fake_run)
     summary = ablation.run_ablation(config, str(tmp_path))
@@ -91,7 +91,8 @@ def test_ablation_with_one_seed_reports_no_standard_error(tmp_path, monkeypatch)
     with config.unlocked():
         config.ablation.seeds = (3,)
     monkeypatch.setattr(driver, "run_comd", lambda cfg, run_dir: {"rounds": [
-        {"student": {"mean": 30.0 + r + (cfg.distill.seed_policy == "hard")}, "added": 96} for r in range(4)]})
+        {"student": {"world": {"mean": 30.0 + r + (cfg.distill.seed_policy == "hard")}}, "added": 96}
+        for r in range(4)]})
     summary = ablation.run_ablation(config, str(tmp_path))
     assert summary["plain"]["minus_first"]["stderr_by_round"] == [None] * 4
     assert "| -1.0 ± 0.0 (se –; 0/1) |" in (tmp_path / "ablation.md").read_text()

@@ -64,3 +64,31 @@ def test_remote_workdirs_stay_remote():
         mp.setattr("orbax.checkpoint.CheckpointManager", lambda directory, options: directory)
         ckpt = StageCheckpoints("gs://bucket/runs/a/checkpoints/tune", save_every=1)
     assert ckpt.directory == ckpt.manager == "gs://bucket/runs/a/checkpoints/tune"
+
+
+def test_paper_preset_takes_the_checkpoints_architecture_and_refuses_a_clashing_override(tmp_path):
+    """A user's tiny (or 7B) LLaVA directory under the paper preset's Vicuna-7B sizes: the sizes
+    become the checkpoint's and the weights load; a size the user typed that disagrees is named."""
+    from comd_jax.convert.hf import save_pretrained
+    from comd_jax.models import build
+
+    smoke = comd.get_config("smoke")
+    cfg = config_lib.model_config(smoke.model)
+    save_pretrained(build.build_model(cfg, seed=4), str(tmp_path))
+    config = comd.get_config("paper")
+    config.init_from = str(tmp_path)
+    changed = pretrained.adopt_architecture(config, {"eval.limit": 3})
+    assert "model.text.hidden_size" in changed and "model.image_token_id" in changed
+    adopted = config_lib.model_config(config.model)
+    assert (adopted.text, adopted.vision, adopted.image_token_id) == (cfg.text, cfg.vision, cfg.image_token_id)
+    assert (adopted.dtype, adopted.remat) == ("bfloat16", True)  # how to compute stays the preset's
+    params = pretrained.student_params(config, adopted, _mesh(), "fsdp")
+    assert params["text"]["embed"].shape == (cfg.text.vocab_size, cfg.text.hidden_size)
+    assert pretrained.adopt_architecture(config, {"model.text.hidden_size": cfg.text.hidden_size}) == []
+
+    config = comd.get_config("paper")
+    config.init_from = str(tmp_path)
+    with pytest.raises(ValueError, match=r"model\.text\.hidden_size: 4096 \(command line\) vs "
+                                         rf"{cfg.text.hidden_size} \(.*config\.json\)"):
+        pretrained.adopt_architecture(config, {"model.text.hidden_size": 4096})
+    assert config.model.text.hidden_size == 4096  # refused: nothing was changed

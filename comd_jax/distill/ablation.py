@@ -82,10 +82,10 @@ def run_ablation(config, workdir: str) -> dict:
             print(f"== ablation: {name}, seed {seed} -> {run_dir} ==", flush=True)
             out = run_comd(cfg, run_dir)
             first_run, first_of_seed = first_run or run_dir, first_of_seed or run_dir
-            results.setdefault(name, []).append([r["student"]["mean"] for r in out["rounds"]])
+            results.setdefault(name, []).append([r["student"]["world"]["mean"] for r in out["rounds"]])
             # The comparison is fair only if the variants ask the teacher as often: keep the counts.
             added.setdefault(name, []).append([r.get("added") for r in out["rounds"]])
-            teacher_means.setdefault(name, []).append(out["rounds"][0].get("teacher", {}).get("mean"))
+            teacher_means.setdefault(name, []).append(out.get("teacher", {}).get("world", {}).get("mean"))
     summary = {name: {"mean_by_round": np.mean(runs, axis=0).tolist(), "spread_by_round": np.std(runs, axis=0).tolist(),
                       "runs": runs, "added_by_round": added[name], "teacher_mean": teacher_means[name]}
                for name, runs in results.items()}

@@ -101,14 +101,17 @@ def _check(config, workdir: str) -> None:
 
 
 def run_comd(config, workdir: str) -> dict:
+    from comd_jax.distill import evaluation
     from comd_jax.distill.endpoint import TeacherEndpoint
     from comd_jax.distill.job import Job
     from comd_jax.distill.kinds import kind_for
     from comd_jax.distill.student import LocalStudent
+    from comd_jax.eval.endpoint_answerer import EndpointAnswerer
     from comd_jax.serve.client import ChatClient, ClientConfig, ServerProcess
 
     workdir = paths.absolute(workdir)
     _check(config, workdir)
+    section = evaluation.eval_section(config)  # its files are checked before any compute
     os.makedirs(workdir, exist_ok=True)
     job = Job.start(config, workdir)
     kind = kind_for(job)
@@ -121,55 +124,95 @@ def run_comd(config, workdir: str) -> dict:
                          ServerProcess) as base_url:
         client = ChatClient(ClientConfig(base_url=base_url, model=d.teacher_model,
                                          api_key=d.teacher_api_key or None, max_concurrency=d.concurrency))
-        judge_client = _judge_client(config, client) if d.judge == "llm" else client
+        judge_client = _judge_client(config, client) if d.judge == "llm" or "llava_bench" in section.benchmarks \
+            else client
+        evals = evaluation.Evaluations(workdir, section.benchmarks, {
+            **{name: make() for name, make in evaluation.suite_benchmarks(section, judge_client).items()
+               if name in section.benchmarks}, **kind.benchmarks}, section.max_new_tokens)
+        if section.benchmarks:
+            print("== benchmarks: the student before round 0 ==", flush=True)
+        baseline = evals.student(-1, student)
         loop = Loop(distill_config(config), workdir, Components(
             teacher=client,
             judge=_pick({"llm": _llm_judge, **kind.judges}, "judge", d.judge, judge_client),
             augmentor=_pick({"llm": _llm_augmentor(config), **kind.augmentors}, "augmentor", d.augmentor, client),
-            answer_student=student.answer, tune=student.tune, images_of=kind.pool.images_of))
+            answer_student=student.answer, tune=student.tune, images_of=kind.pool.images_of,
+            after_tune=lambda r: _print_round(r, evals.student(r, student))))
         loop.seed_pool(lambda: answer_initial_pool(config, client, kind.pool))
         print("== competitive distillation rounds ==", flush=True)
         state = loop.run()
+        print("== benchmarks: the teacher, and any round not yet scored ==", flush=True)
+        teacher = evals.teacher(EndpointAnswerer(client, max_tokens=section.max_new_tokens))
+        rounds = [evals.student(r, student) for r in range(d.rounds)]
 
-    print("== evaluation after every round ==", flush=True)
-    results = evaluate_rounds(config, state, student, kind.evaluator)
+    results = round_results(config, state, student, section.benchmarks, baseline, teacher, rounds)
     if multihost.is_writer():
         write_report(workdir, kind, results, warm_up)
-    return {"rounds": results["rounds"]}
+    return results
 
 
-def evaluate_rounds(config, state: dict, student, evaluator) -> dict:
-    """The teacher once, the student after every round, with the loop's per-round counts."""
-    teacher = evaluator.teacher()
-    if teacher.get("image_reliance"):
-        print(f"teacher image reliance: {_reliance_line(teacher['image_reliance'])}", flush=True)
-    rounds = []
-    for r in range(config.distill.rounds):
-        scored = evaluator.student(r, student)
+def _print_round(r: int, results: dict) -> None:
+    for name, result in results.items():
+        print(f"student after round {r}, {name}: {_scores_line(result.get('scores') or {})}", flush=True)
+        if result.get("image_reliance"):
+            print(f"  image reliance {_reliance_line(result['image_reliance'])}", flush=True)
+
+
+def _scores_line(scores: dict) -> str:
+    return ", ".join(f"{k} {v:.2f}" for k, v in scores.items()
+                     if isinstance(v, (int, float)) and not isinstance(v, bool)) or "(no scores)"
+
+
+def round_results(config, state: dict, student, names: tuple, baseline: dict, teacher: dict,
+                  rounds: list) -> dict:
+    """results.json: {benchmarks, teacher, baseline, rounds: [{round, student, pool_size, hard,
+    student_wins, added, verdicts_excluded, student_params_sha256, ...}]}; scores by benchmark."""
+    from comd_jax.distill.evaluation import scores
+
+    def reliance(results: dict):
+        return next((r["image_reliance"] for r in results.values() if r.get("image_reliance")), None)
+
+    teacher_reliance = reliance(teacher)
+    if teacher_reliance:
+        print(f"teacher image reliance: {_reliance_line(teacher_reliance)}", flush=True)
+    out = []
+    for r, scored in enumerate(rounds):
         history = [h for h in state["history"] if h["round"] == r]
 
         def field(phase, key):
             return next((h.get(key) for h in history if h["phase"] == phase), None)
 
-        entry = {"round": r, "student": scored["scores"], "teacher": teacher["scores"],
-                 "pool_size": field("tune", "train_pool"), "hard": field("select", "hard"),
-                 "student_wins": field("select", "student_wins"), "added": field("augment", "added"),
-                 "student_params_sha256": student.fingerprint(r),
-                 "student_image_reliance": scored.get("image_reliance")}
-        if "mean" in entry["student"]:
-            print(f"student after round {r}: held-out mean {entry['student']['mean']:.2f} "
-                  f"(teacher {entry['teacher']['mean']:.2f}); image reliance "
-                  f"{_reliance_line(entry['student_image_reliance'])}", flush=True)
-        rounds.append(entry)
-    return {"rounds": rounds, "teacher_image_reliance": teacher.get("image_reliance")}
+        out.append({"round": r, "student": scores(scored),
+                    "pool_size": field("tune", "train_pool"), "hard": field("select", "hard"),
+                    "student_wins": field("select", "student_wins"), "added": field("augment", "added"),
+                    "verdicts_excluded": field("select", "excluded"),
+                    "student_params_sha256": student.fingerprint(r),
+                    "student_image_reliance": reliance(scored)})
+        _print_round(r, scored)
+    return {"benchmarks": list(names), "teacher": scores(teacher), "baseline": scores(baseline), "rounds": out,
+            "teacher_image_reliance": teacher_reliance, "baseline_image_reliance": reliance(baseline)}
 
 
 def write_report(workdir: str, kind, results: dict, warm_up: list) -> None:
+    """report.md and the plots, made from results.json's numbers."""
+    from comd_jax.distill.evaluation import flat, headline
     from comd_jax.eval.report import write_round_report
 
     report_dir = os.path.join(workdir, "report")
-    by_round = {f"round {e['round']}": {"student": e["student"], "teacher": e["teacher"]} for e in results["rounds"]}
-    write_round_report(by_round, report_dir, title=kind.title)
+    os.makedirs(report_dir, exist_ok=True)
+    names = tuple(results["benchmarks"])
+    teacher = flat(results["teacher"], names)
+    by_round = {"baseline": {"student": flat(results["baseline"], names), "teacher": teacher}}
+    by_round.update({str(e["round"]): {"student": flat(e["student"], names), "teacher": teacher}
+                     for e in results["rounds"]})
+    if names:
+        write_round_report(by_round, report_dir, title=kind.title, headline=headline(names))
+    else:
+        from comd_jax import atomic
+
+        atomic.write_text(os.path.join(report_dir, "report.md"),
+                          f"# {kind.title}\n\nNo benchmark configured (config.eval.benchmarks); the rounds' "
+                          "counts and fingerprints are in results.json.\n")
     with open(os.path.join(report_dir, "results.json"), "w") as f:
         json.dump({**results, **kind.report, "student_stages": warm_up}, f, indent=2)
 

@@ -67,13 +67,16 @@ class WorldPool:
 
 
 class WorldEvaluator:
-    """Per-skill held-out scores (`distill.eval_limit` examples) and image reliance on the
-    tuning stage's held-out instructions; the teacher is scored in-process from its checkpoint."""
+    """The `world` benchmark: per-skill held-out scores (`distill.eval_limit` examples) and image
+    reliance on the tuning stage's held-out instructions. The teacher's answers come through its
+    endpoint, as any teacher's do; its image reliance needs its logits, so its checkpoint is also
+    loaded here."""
 
     def __init__(self, job: Job, teacher_checkpoint: str):
         self.job, self.teacher_checkpoint = job, teacher_checkpoint
         self.spec = stages_lib.world_spec(job.config.data)
         self.teacher_cfg = config_lib.model_config(job.config.teacher)
+        self.settings = {"limit": job.config.distill.eval_limit, "spec": dataclasses.asdict(self.spec)}
 
     def _heldout(self, model_cfg):  # its own image-token count: teacher and student may differ
         job = self.job
@@ -84,21 +87,24 @@ class WorldEvaluator:
 
         return evaluate_world({name: answerer}, self.spec, limit=self.job.config.distill.eval_limit)
 
-    def teacher(self) -> dict:
+    def teacher(self, answerer) -> dict:
         from comd_jax.eval.image_reliance import image_reliance
         from comd_jax.serve.loading import load_model
 
         job = self.job
+        scores = {}
+        if multihost.is_writer():  # only process 0 talks to the endpoint
+            result = teacher_heldout(job.config, self.teacher_checkpoint, self.spec,
+                                     lambda: self._scores("teacher", answerer))
+            scores = result["models"]["teacher"]["scores"]
         model = load_model(self.teacher_cfg, self.teacher_checkpoint, job.mesh, job.recipe)  # Orbax or transformers
-        result = teacher_heldout(job.config, self.teacher_checkpoint, self.spec,
-                                 lambda: self._scores("teacher", job.answerer(model, progress="held-out: teacher")))
-        return {"scores": result["models"]["teacher"]["scores"],
-                "image_reliance": image_reliance(model, self._heldout(self.teacher_cfg))}
+        return {"scores": scores, "image_reliance": image_reliance(model, self._heldout(self.teacher_cfg))}
 
     def student(self, round_index: int, student) -> dict:
         from comd_jax.eval.image_reliance import image_reliance
 
-        answerer = student.answerer(round_index, progress=f"held-out: student after round {round_index}")
+        label = "baseline" if round_index < 0 else f"after round {round_index}"
+        answerer = student.answerer(round_index, progress=f"held-out: student {label}")
         result = self._scores("student", answerer)
         return {"scores": result["models"]["student"]["scores"],
                 "image_reliance": image_reliance(answerer.model, self._heldout(student.cfg))}
@@ -141,7 +147,7 @@ def world_kind(job: Job) -> Kind:
     pool = WorldPool(os.path.join(stages_lib.world_dir(job.workdir), "llava"), config.distill.pool_size)
     spec = stages_lib.world_spec(config.data)
     return Kind(
-        pool=pool, evaluator=WorldEvaluator(job, checkpoint), teacher_checkpoint=checkpoint,
+        pool=pool, benchmarks={"world": WorldEvaluator(job, checkpoint)}, teacher_checkpoint=checkpoint,
         judges={"reference": lambda client: WorldJudge()},
         augmentors={"procedural": lambda client: ProceduralAugmentor(spec, pool.image_root,
                                                                     per_seed=config.distill.per_seed,

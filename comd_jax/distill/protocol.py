@@ -5,11 +5,11 @@
   it through `comd_jax.serve.client`; tests use fakes.
 - `Student`: the model being distilled, trained and asked in this process.
 - `PoolSource`: the instructions the first pool is made of, and their images.
-- `Evaluator`: scores a model after every round (and the teacher once).
+- `Evaluator`: one benchmark; scores the student after every round and the teacher once.
 - Judges and augmentors: `comd_jax.distill.judges`, `comd_jax.distill.augment`.
 
 A data kind (the offline world, the user's LLaVA files) brings its own pool
-source, evaluator and, where it has ground truth, judge and augmentor; the
+source, any benchmarks of its own and, where it has ground truth, judge and augmentor; the
 driver sees only these protocols.
 """
 from __future__ import annotations
@@ -69,12 +69,16 @@ class PoolSource(Protocol):
 
 
 class Evaluator(Protocol):
-    def teacher(self) -> dict:
-        """The teacher's scores, once per run: {"scores": {...}, ...}."""
+    """One benchmark (`comd_jax.distill.evaluation`)."""
+    settings: Mapping  # what its result depends on besides the model
+
+    def teacher(self, answerer) -> dict:
+        """The teacher's result, once per run, its answers through `answerer` (its endpoint):
+        {"scores": {...}, ...}."""
         ...
 
     def student(self, round_index: int, student: Student) -> dict:
-        """The student's scores after a round: {"scores": {...}, ...}."""
+        """The student's result after round `round_index` (-1: the baseline): {"scores": {...}, ...}."""
         ...
 
 
@@ -82,7 +86,7 @@ class Evaluator(Protocol):
 class Kind:
     """What a data kind brings to the driver (`comd_jax.distill.kinds`)."""
     pool: PoolSource
-    evaluator: Evaluator
+    benchmarks: Mapping[str, Evaluator] = dataclasses.field(default_factory=dict)  # its own, by name
     teacher_checkpoint: str = ""  # served by our server when distill.teacher_url is empty
     judges: Mapping[str, Callable] = dataclasses.field(default_factory=dict)  # name -> (client) -> judge
     augmentors: Mapping[str, Callable] = dataclasses.field(default_factory=dict)  # name -> (client) -> augmentor

@@ -82,6 +82,10 @@ class Components:
     answer_student: Callable[[int, Sequence[pool_lib.PoolEntry]], list]  # (round, entries) -> texts
     tune: Callable[[int, str], None]  # (round, LLaVA JSON of the train pool)
     images_of: Callable[[pool_lib.PoolEntry], list] = lambda entry: []  # PNG bytes for the endpoints
+    # Called on every process once round r's tuning is on disk (the driver scores the student
+    # there, so a user sees each round's benchmarks as the run goes). It must be idempotent: a
+    # kill inside it resumes at the assessment, and the driver catches up what it missed.
+    after_tune: Optional[Callable[[int], None]] = None
 
 
 class Loop:
@@ -140,6 +144,8 @@ class Loop:
                 multihost.barrier(f"comd_jax.distill: round {r} {phase} done")
                 if not multihost.is_writer():
                     state = self.load_state()
+                if phase == "tune" and self.parts.after_tune is not None:
+                    self.parts.after_tune(r)
         return state
 
     def _tune(self, r: int) -> dict:

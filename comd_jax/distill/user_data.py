@@ -173,16 +173,6 @@ class PoolReferenceJudge:
         return Verdict(to_scale(metric(teacher, reference)), to_scale(metric(student, reference)), [])
 
 
-class NoEvaluator:
-    """No benchmark configured: the report carries the loop's counts and fingerprints only."""
-
-    def teacher(self) -> dict:
-        return {"scores": {}, "image_reliance": None}
-
-    def student(self, round_index: int, student) -> dict:
-        return {"scores": {}, "image_reliance": None}
-
-
 def user_kind(job: Job) -> Kind:
     from comd_jax import config as config_lib
 
@@ -206,6 +196,6 @@ def user_kind(job: Job) -> Kind:
         os.makedirs(os.path.join(job.workdir, "distill"), exist_ok=True)
         atomic.write_text(os.path.join(job.workdir, "distill", "pool_lint.json"), json.dumps(pool.lint, indent=2))
 
-    return Kind(pool=pool, evaluator=NoEvaluator(), teacher_checkpoint=d.get("teacher_checkpoint", ""),
+    return Kind(pool=pool, teacher_checkpoint=d.get("teacher_checkpoint", ""),
                 judges={"reference": lambda client: PoolReferenceJudge()},
                 title=f"CoMD on {os.path.basename(pool.path)}: scores by round", report={"pool_lint": pool.lint})

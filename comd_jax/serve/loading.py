@@ -60,7 +60,9 @@ def load_model(model_cfg, checkpoint: Optional[str], mesh, recipe: str = "fsdp",
     if os.path.exists(os.path.join(checkpoint, "config.json")):
         from comd_jax.convert.hf import load_pretrained
 
-        return load_pretrained(checkpoint, mesh, recipe=recipe)
+        # The architecture is the checkpoint's; how it computes (dtypes) is the config's.
+        return load_pretrained(checkpoint, mesh, recipe=recipe, dtype=model_cfg.dtype,
+                               param_dtype=model_cfg.param_dtype)
     graphdef, abstract = build.abstract_model(model_cfg, rules)
     return build.merge(graphdef, abstract, restore_params(checkpoint, model_cfg, mesh, recipe))
 

@@ -67,7 +67,9 @@ def train_stages(config, workdir: str, model_cfg, stage_names, data, tokenizer, 
         stage = stage_config(prefix + name, section)
         train_data = stages_lib.train_pipeline(data, section, tokenizer, model_cfg.num_image_tokens,
                                                seed=seed)
-        eval_data = stages_lib.eval_batches(data, section, tokenizer, model_cfg.num_image_tokens)
+        # No held-out set named (the paper preset's stages, until the user gives one): no held-out loss.
+        eval_data = stages_lib.eval_batches(data, section, tokenizer, model_cfg.num_image_tokens) \
+            if section.get("eval_data", "") else None
         with train_data:
             state, summary = train_stage(stage, model_cfg, mesh, recipe, seed, workdir,
                                          train_data, eval_data, init_params=params,
