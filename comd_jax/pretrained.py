@@ -122,12 +122,17 @@ def adopt_architecture(config, user_set=()) -> list:
     if clashes:
         raise ValueError(f"config.init_from={path!r}: the architecture comes from the checkpoint, and these "
                          "overrides disagree with it:\n  " + "\n  ".join(clashes))
-    ours = _section(config.model.to_dict())
-    changed = sorted(name for name, value in theirs_flat.items()
-                     if dict(leaves("model", ours)).get(name, object()) != value)
+    from comd_jax import config as config_lib
+
+    before = config_lib.model_config(config.model)
     import ml_collections
 
     with config.unlocked():
         for key, value in wanted.items():
             config.model[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+    after = config_lib.model_config(config.model)
+    changed = _differences("model.text", after.text, before.text) + \
+        _differences("model.vision", after.vision, before.vision) + \
+        [f"model.{k}: {getattr(before, k)} (config) vs {getattr(after, k)} (checkpoint)"
+         for k in _FROM_CHECKPOINT if getattr(before, k) != getattr(after, k)]
     return changed

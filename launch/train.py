@@ -36,8 +36,8 @@ def main(argv):
     # With init_from, the student's architecture is the checkpoint's; an override that disagrees is an error.
     changed = pretrained.adopt_architecture(config, config_flags.get_override_values(flags.FLAGS["config"]))
     if changed:
-        logging.warning("config.model: %d field(s) taken from config.init_from (e.g. %s)", len(changed),
-                        ", ".join(changed[:4]))
+        logging.warning("config.model: %d field(s) taken from config.init_from's config.json:\n  %s",
+                        len(changed), "\n  ".join(changed))
     compile_cache.enable(config, workdir)  # before anything compiles
     comd_jax.run.run(config, workdir)
 

@@ -71,7 +71,8 @@ def command(files, workdir):
             f"--config.stage1.eval_data={files / 'made_by_world' / 'llava' / 'captions.json'}",
             f"--config.distill.pool_data={files / 'pool.jsonl'}", f"--config.distill.image_folder={files / 'images'}",
             f"--config.distill.teacher_checkpoint={files / 'teacher'}", "--config.distill.judge=reference",
-            "--config.distill.augmentor=llm", "--config.distill.pool_size=8", "--config.distill.rounds=2"]
+            "--config.distill.augmentor=llm", "--config.distill.pool_size=8", "--config.distill.rounds=2",
+            "--config.eval.benchmarks=()"]
 
 
 def lines(path):

@@ -78,7 +78,8 @@ def test_paper_preset_takes_the_checkpoints_architecture_and_refuses_a_clashing_
     config = comd.get_config("paper")
     config.init_from = str(tmp_path)
     changed = pretrained.adopt_architecture(config, {"eval.limit": 3})
-    assert "model.text.hidden_size" in changed and "model.image_token_id" in changed
+    assert any(c.startswith("model.text.hidden_size: 4096 (config) vs 64") for c in changed), changed
+    assert any(c.startswith("model.image_token_id: 32000 (config) vs 4") for c in changed), changed
     adopted = config_lib.model_config(config.model)
     assert (adopted.text, adopted.vision, adopted.image_token_id) == (cfg.text, cfg.vision, cfg.image_token_id)
     assert (adopted.dtype, adopted.remat) == ("bfloat16", True)  # how to compute stays the preset's

@@ -175,3 +175,31 @@ def test_results_json_has_the_issue_shape_and_the_report_is_made_from_it(tmp_pat
     report = (tmp_path / "report" / "report.md").read_text()
     assert "scienceqa/average" in report and "baseline" in report
     assert os.path.getsize(tmp_path / "report" / "score_by_round.png") > 0
+
+
+def test_llava_bench_is_judged_through_the_judge_endpoint_with_the_reference_first(tmp_path):
+    from comd_jax.distill.evaluation import eval_section, suite_benchmarks
+    from comd_jax.eval.endpoint_answerer import EndpointAnswerer
+    from comd_jax.serve.client import ClientConfig
+
+    rows = [{"question_id": i, "image": "", "text": f"Tell me {i}.", "category": c}
+            for i, c in enumerate(["conversation", "detail"])]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"question_id": i, "text": f"ref {i}"}) + "\n"
+                                              for i in range(2)))
+    section = eval_section(_config(benchmarks=("llava_bench",), llava_bench_questions=str(tmp_path / "q.jsonl"),
+                                   llava_bench_answers=str(tmp_path / "a.jsonl")))
+    assert section.llava_bench_images == str(tmp_path)  # default: the questions' folder
+    judge_client = SimpleNamespace(config=ClientConfig(base_url="http://judge:1/v1", model="gpt-x", api_key="k"))
+    bench = suite_benchmarks(section, judge_client)["llava_bench"]()
+    assert (bench.judge.url, bench.judge.model) == ("http://judge:1/v1/chat/completions", "gpt-x")
+    seen = []
+
+    def complete(messages):
+        seen.append(messages[-1]["content"])
+        return "8 6\nAssistant 1 is more detailed."
+
+    bench.judge = SimpleNamespace(complete=complete)
+    result = bench.teacher(EndpointAnswerer(FakeClient(lambda messages: "cand"), max_tokens=8))
+    assert result["scores"]["all"] == 75.0 and result["scores"]["detail"] == 75.0
+    assert all(s.index("ref ") < s.index("cand") for s in seen)  # the reference is Assistant 1

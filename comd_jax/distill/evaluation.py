@@ -58,8 +58,9 @@ def eval_section(config) -> EvalSection:
     if unknown:
         raise ValueError(f"config.eval.benchmarks: unknown {unknown}; choose from {list(KNOWN)}")
     if "world" in names and config.data.kind != "world":
-        raise ValueError("config.eval.benchmarks: 'world' scores the offline world's held-out split; "
-                         f"this run's data.kind is {config.data.kind!r}")
+        raise ValueError("config.eval.benchmarks: 'world' scores the offline world's held-out split, and this "
+                         f"run's data.kind is {config.data.kind!r}; set --config.eval.benchmarks to "
+                         "\"('scienceqa',)\", \"('llava_bench',)\" (with their files) or \"()\"")
     for name in names:
         for field in _FILES.get(name, ()):
             path = e.get(field, "")
