@@ -92,6 +92,7 @@ def _distill(**kw):
         # The judge's OpenAI-compatible endpoint and model; empty: the teacher's. Its key is read from the
         # environment variable named here (never from the config, so it never reaches config.json).
         judge_url="", judge_model="", judge_api_key_env="OPENAI_API_KEY",
+        judge_max_tokens=256,  # the judge's reply: two score lines and the reasons (within our server's limit)
         # Your data (data.kind llava_json / tfds): the pool's LLaVA JSON or JSONL and its image folder
         # (default: the file's folder). The offline world uses its own instructions.
         pool_data="", image_folder="",
@@ -113,6 +114,13 @@ def _eval(**kw):
         llava_bench_questions="", llava_bench_answers="", llava_bench_context="", llava_bench_images="",
         limit=0,  # 0: every question; N: the first N (a quick look)
         max_new_tokens=0)  # 0: distill.answer_max_tokens
+    base.update(kw)
+    return ml_collections.ConfigDict(base)
+
+
+def _serve(**kw):
+    """Our teacher server's request limits (comd_jax/serve/prompts.py: Limits); a request past one is a 400."""
+    base = dict(max_prompt_tokens=768, max_output_tokens=256, max_images=4, max_n=8)
     base.update(kw)
     return ml_collections.ConfigDict(base)
 
@@ -173,6 +181,7 @@ def _default():
     c.round_tune = _stage(learning_rate=3e-4, global_batch=16, total_steps=60, data="", eval_data="")
     c.distill = _distill()
     c.eval = _eval()
+    c.serve = _serve()
     return c
 
 
@@ -220,9 +229,11 @@ def _paper():
                           data="", eval_data="", total_steps=90, save_every=30)
     c.distill = _distill(rounds=4, pool_size=10000, judge="llm", augmentor="llm", per_seed=1,
                          max_new_per_round=1000, answer_max_tokens=512, concurrency=32, gen_batch=64,
-                         assess_chunk=256, teacher_model="llava-v1.5-13b")
+                         assess_chunk=256, teacher_model="llava-v1.5-13b", judge_max_tokens=512)
     # --config.eval.benchmarks="('scienceqa',)" with the three scienceqa_* files (README, "Bring your own").
     c.eval = _eval(benchmarks=(), max_new_tokens=128)
+    # LLaVA-1.5: 576 image tokens a prompt, a 4096-token context; answers (512) and verdicts (judge_max_tokens).
+    c.serve = _serve(max_prompt_tokens=3072, max_output_tokens=1024)
     return c
 
 

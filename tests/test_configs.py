@@ -119,3 +119,23 @@ def test_config_files_load_by_path_and_preset_as_the_flag_reads_them(tmp_path):
     missing = str(tmp_path / "nope.py")
     with pytest.raises(FileNotFoundError, match="nope.py"):
         config_lib.load_config_file(f"{missing}:smoke")
+
+
+def test_server_limits_come_from_the_config_and_fit_a_llava_prompt():
+    from comd_jax.serve.loading import limits_of
+    from comd_jax.serve.prompts import Limits
+
+    paper = config_lib.preset("paper")
+    limits = limits_of(paper)
+    # 576 image tokens plus the instruction, and the answers and verdicts the paper preset asks for.
+    assert limits.max_prompt_tokens >= 576 + 512
+    assert limits.max_output_tokens >= max(paper.distill.answer_max_tokens, paper.distill.judge_max_tokens)
+    smoke = config_lib.preset("smoke")
+    assert limits_of(smoke).max_output_tokens >= smoke.distill.judge_max_tokens
+    with smoke.unlocked():
+        del smoke["serve"]
+    assert limits_of(smoke) == Limits()  # a snapshot from before the section
+    with paper.unlocked():
+        paper.serve.max_tokens = 9
+    with pytest.raises(ValueError, match=r"config.serve: unknown field\(s\) \['max_tokens'\]"):
+        limits_of(paper)

@@ -34,10 +34,12 @@ def distill_config(config) -> DistillConfig:
         selection=SelectionConfig(threshold=d.threshold, easy_keep=d.easy_keep, student_margin=d.student_margin))
 
 
-def _llm_judge(client):
-    from comd_jax.distill.judges import LLMJudge
+def _llm_judge(config):
+    def make(client):
+        from comd_jax.distill.judges import LLMJudge
 
-    return LLMJudge(client)
+        return LLMJudge(client, max_tokens=config.distill.get("judge_max_tokens", 512))
+    return make
 
 
 def _llm_augmentor(config):
@@ -134,7 +136,7 @@ def run_comd(config, workdir: str) -> dict:
         baseline = evals.student(-1, student)
         loop = Loop(distill_config(config), workdir, Components(
             teacher=client,
-            judge=_pick({"llm": _llm_judge, **kind.judges}, "judge", d.judge, judge_client),
+            judge=_pick({"llm": _llm_judge(config), **kind.judges}, "judge", d.judge, judge_client),
             augmentor=_pick({"llm": _llm_augmentor(config), **kind.augmentors}, "augmentor", d.augmentor, client),
             answer_student=student.answer, tune=student.tune, images_of=kind.pool.images_of,
             after_tune=lambda r: _print_round(r, evals.student(r, student))))

@@ -96,12 +96,27 @@ def engine_from_config(config, workdir: str, checkpoint: Optional[str] = None, *
     return engine, prompter
 
 
+def limits_of(config) -> Limits:
+    """The server's request limits from `config.serve` (a config without the section: the defaults).
+    A LLaVA-1.5 prompt alone is 576 image tokens, so the paper preset raises them."""
+    import dataclasses
+
+    section = config.get("serve")
+    if section is None:
+        return Limits()
+    known = {f.name for f in dataclasses.fields(Limits)}
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise ValueError(f"config.serve: unknown field(s) {unknown}; known: {sorted(known)}")
+    return Limits(**section.to_dict())
+
+
 def serve(config, *, host: str = "127.0.0.1", port: int = 8000, checkpoint: Optional[str] = None,
           api_key: Optional[str] = None, workdir: str = "workdir", model_name: str = "comd-teacher") -> None:
     """What `launch/serve_teacher.py` calls: load, then serve until SIGINT/SIGTERM."""
     from comd_jax.serve import server
 
-    limits = Limits()
+    limits = limits_of(config)
     engine_config = EngineConfig(max_seq_len=limits.max_prompt_tokens + limits.max_output_tokens)
     engine, prompter = engine_from_config(config, workdir, checkpoint, engine_config=engine_config, limits=limits)
     app = server.create_app(engine, prompter, model_name=model_name, api_key=api_key)
