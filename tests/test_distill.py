@@ -27,18 +27,6 @@ def run(coro):
     return asyncio.run(coro)
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("The first is vague.\nScore of Assistant 1: 3\nScore of Assistant 2: 8", (3.0, 8.0)),
-    ("7 9\nAssistant 2 is more detailed.", (7.0, 9.0)),
-    ("Explanation quoting 'Score of Assistant 1: 2'...\nScore of Assistant 1: 6.5\nScore of Assistant 2: 4",
-     (6.5, 4.0)),
-    ("Both answers are fine.", None),
-    ("Score of Assistant 1: 0\nScore of Assistant 2: 11", None),  # off the 1-10 scale
-])
-def test_parse_scores(text, expected):
-    assert judges.parse_scores(text) == expected
-
-
 def test_llm_judge_swaps_order_and_averages():
     # Forward (teacher first): 8 vs 4. Backward (student first): 6 vs 7 → teacher (8+7)/2, student (4+6)/2.
     client = ScriptedClient(["Score of Assistant 1: 8\nScore of Assistant 2: 4",

@@ -180,7 +180,7 @@ def test_results_json_has_the_issue_shape_and_the_report_is_made_from_it(tmp_pat
 def test_llava_bench_is_judged_through_the_judge_endpoint_with_the_reference_first(tmp_path):
     from comd_jax.distill.evaluation import eval_section, suite_benchmarks
     from comd_jax.eval.endpoint_answerer import EndpointAnswerer
-    from comd_jax.serve.client import ClientConfig
+    from comd_jax.serve.client import Choice, ClientConfig
 
     rows = [{"question_id": i, "image": "", "text": f"Tell me {i}.", "category": c}
             for i, c in enumerate(["conversation", "detail"])]
@@ -190,16 +190,20 @@ def test_llava_bench_is_judged_through_the_judge_endpoint_with_the_reference_fir
     section = eval_section(_config(benchmarks=("llava_bench",), llava_bench_questions=str(tmp_path / "q.jsonl"),
                                    llava_bench_answers=str(tmp_path / "a.jsonl")))
     assert section.llava_bench_images == str(tmp_path)  # default: the questions' folder
-    judge_client = SimpleNamespace(config=ClientConfig(base_url="http://judge:1/v1", model="gpt-x", api_key="k"))
-    bench = suite_benchmarks(section, judge_client)["llava_bench"]()
-    assert (bench.judge.url, bench.judge.model) == ("http://judge:1/v1/chat/completions", "gpt-x")
     seen = []
 
-    def complete(messages):
-        seen.append(messages[-1]["content"])
-        return "8 6\nAssistant 1 is more detailed."
+    class Judge:  # the judge endpoint's ChatClient
+        config = ClientConfig(base_url="http://judge:1/v1", model="gpt-x", api_key="k")
 
-    bench.judge = SimpleNamespace(complete=complete)
+        async def chat(self, messages, **params):
+            seen.append((messages[-1]["content"], params))
+            return [Choice("8 6\nAssistant 1 is more detailed.")]
+
+    bench = suite_benchmarks(section, Judge(), judge_max_tokens=300)["llava_bench"]()
+    assert bench.settings["judge"] == ["http://judge:1/v1", "gpt-x"]
     result = bench.teacher(EndpointAnswerer(FakeClient(lambda messages: "cand"), max_tokens=8))
     assert result["scores"]["all"] == 75.0 and result["scores"]["detail"] == 75.0
+    assert {p["max_tokens"] for _, p in seen} == {300} and {p["temperature"] for _, p in seen} == {0.2}
+    seen = [text for text, _ in seen]
+    assert "[Context]\n\n\n[Question]\nTell me 1." in seen[1] and "few sentences describing" in seen[1]
     assert all(s.index("ref ") < s.index("cand") for s in seen)  # the reference is Assistant 1

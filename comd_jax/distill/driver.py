@@ -129,7 +129,8 @@ def run_comd(config, workdir: str) -> dict:
         judge_client = _judge_client(config, client) if d.judge == "llm" or "llava_bench" in section.benchmarks \
             else client
         evals = evaluation.Evaluations(workdir, section.benchmarks, {
-            **{name: make() for name, make in evaluation.suite_benchmarks(section, judge_client).items()
+            **{name: make() for name, make in evaluation.suite_benchmarks(
+                section, judge_client, config.distill.get("judge_max_tokens", 512)).items()
                if name in section.benchmarks}, **kind.benchmarks}, section.max_new_tokens)
         if section.benchmarks:
             print("== benchmarks: the student before round 0 ==", flush=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from comd_jax import atomic, multihost
+from comd_jax.serve.client import openai_base  # noqa: F401 (the driver's import)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -15,12 +16,6 @@ def snapshot(config, workdir: str) -> str:
     if multihost.is_writer():
         atomic.write_text(path, config.to_json(indent=2))  # the teacher server reads it back
     return f"{os.path.join(REPO, 'configs', 'snapshot.py')}:{path}"
-
-
-def openai_base(url: str) -> str:
-    """A base URL as the `openai` client takes it (`.../v1`); one given without `/v1` gets it."""
-    url = url.rstrip("/")
-    return url if url.endswith("/v1") or "/v1/" in url else url + "/v1"
 
 
 def check_answers(url: str, field: str, api_key: str = "", timeout_s: float = 10.0) -> None:

@@ -91,7 +91,8 @@ class SuiteBenchmark:
         self.files = dataclasses.replace(settings, image_folder=image_folder)
         self.settings = {k: v for k, v in dataclasses.asdict(self.files).items() if k not in ("judge_api_key",)}
         if judge is not None:  # another judge is another score
-            self.settings["judge"] = [getattr(judge, "url", ""), getattr(judge, "model", "")]
+            c = judge.client.config
+            self.settings["judge"] = [c.base_url, c.model]
 
     def _run(self, who: str, answerer) -> dict:
         from comd_jax.eval.suite import run_benchmark
@@ -106,15 +107,16 @@ class SuiteBenchmark:
         return self._run("student", student.answerer(round_index, progress=f"{self.name}: student, {label}"))
 
 
-def suite_benchmarks(section: EvalSection, judge_client) -> dict:
-    """The benchmarks any data can run, by name; LLaVA-Bench's judge is the judge endpoint."""
-    from comd_jax.eval.judge import OpenAIJudge
+def suite_benchmarks(section: EvalSection, judge_client, judge_max_tokens: int = 1024) -> dict:
+    """The benchmarks any data can run, by name; LLaVA-Bench's judge is the judge endpoint, at
+    LLaVA's review temperature (0.2)."""
+    from comd_jax.eval.judge import PairwiseJudge
 
     files = section.files
     table = {"scienceqa": lambda: SuiteBenchmark("scienceqa", files, image_folder=files.image_folder)}
     if judge_client is not None:
-        c = judge_client.config
-        judge = OpenAIJudge(c.base_url, c.model, api_key=c.api_key or "")
+        judge = PairwiseJudge(judge_client, max_tokens=judge_max_tokens, retries=files.judge_retries,
+                              temperature=0.2)
         table["llava_bench"] = lambda: SuiteBenchmark("llava_bench", files, judge=judge,
                                                       image_folder=section.llava_bench_images)
     return table

@@ -1,25 +1,29 @@
 """A judged benchmark in LLaVA-Bench's shape: relative score of a candidate vs reference answers.
 
-Inputs:
+Inputs (LLaVA's files):
   questions  JSONL of {"question_id", "image", "text", "category"} (conversation / detail / complex)
   answers    JSONL of reference answers {"question_id", "text"} (LLaVA-Bench: GPT-4's)
-  context    optional JSONL {"image", "caption"}: what a text-only judge knows of each image
-For each question the judge scores reference (Assistant 1) and candidate
-(Assistant 2); relative score = mean candidate score / mean reference score x 100,
-per category and overall. `swap=True` also judges with the order swapped and
-averages (position bias). Replies the parser cannot read are retried, then
-excluded and counted; they are never read as 0. Every raw judge reply is kept.
+  context    optional JSONL, one record per image, what a text-only judge knows of it:
+             {"image", "caption"} (in-the-wild; a caption list is joined by newlines), or
+             COCO's {"image", "captions": [...], "instances": [{"category", "bbox"}, ...]}
+The judge sees LLaVA's review prompt for the question's category
+(`comd_jax.eval.judge.llava_bench_messages`), the reference as Assistant 1 and the
+candidate as Assistant 2. Relative score = mean candidate score / mean reference score x 100,
+per category and overall, as LLaVA's `summarize_gpt_review.py` computes it. `swap=True` also
+judges with the order swapped and averages (position bias). Replies without a score line are
+retried, then excluded and counted; they are never read as 0 (LLaVA's script would average in
+its -1). Every raw judge reply is kept.
 """
 from __future__ import annotations
 
-import concurrent.futures
+import asyncio
 import dataclasses
 import os
 from typing import Optional, Sequence
 
 from comd_jax.data.templates import IMAGE_PLACEHOLDER
+from comd_jax.eval import judge as pairwise
 from comd_jax.eval.answerer import Answerer, ask
-from comd_jax.eval.judge import JudgeClient, judge_messages, parse_scores
 from comd_jax.eval.scienceqa import load_json_or_jsonl
 
 CATEGORIES = ("conversation", "detail", "complex")
@@ -33,52 +37,69 @@ class BenchItem:
     category: str
     reference: str
     context: str = ""
+    context_kind: str = "caption"  # "coco": captions and boxes, which LLaVA's rule describes so
+
+
+def image_context(record: dict, where: str) -> tuple[str, str]:
+    """(the text the judge reads for an image, its kind) from one context record."""
+    if "captions" in record or "instances" in record:
+        captions = record.get("captions") or []
+        captions = [captions] if isinstance(captions, str) else captions
+        try:
+            boxes = [f"{i['category']}: {i['bbox']}" for i in record.get("instances") or []]
+        except (KeyError, TypeError):
+            raise ValueError(f"{where}: each of 'instances' needs 'category' and 'bbox'") from None
+        return "\n".join(captions) + "\n\n" + "\n".join(boxes), "coco"
+    if "caption" not in record:
+        raise ValueError(f"{where}: a context record needs 'caption', or COCO's 'captions' and 'instances'")
+    caption = record["caption"]
+    return ("\n".join(caption) if isinstance(caption, list) else str(caption)), "caption"
+
+
+def _field(record: dict, name: str, where: str):
+    if name not in record:
+        raise ValueError(f"{where}: no {name!r} field")
+    return record[name]
 
 
 def load_bench(questions_file: str, answers_file: str, context_file: str = "") -> list[BenchItem]:
-    references = {str(a["question_id"]): a["text"] for a in load_json_or_jsonl(answers_file)}
+    """The benchmark's items, every file checked before anything is asked."""
+    references = {str(_field(a, "question_id", f"{answers_file}:{n}")): _field(a, "text", f"{answers_file}:{n}")
+                  for n, a in enumerate(load_json_or_jsonl(answers_file), 1)}
     contexts = {}
     if context_file:
-        contexts = {c["image"]: c.get("caption", "") for c in load_json_or_jsonl(context_file)}
+        for n, c in enumerate(load_json_or_jsonl(context_file), 1):
+            contexts[_field(c, "image", f"{context_file}:{n}")] = image_context(c, f"{context_file}:{n}")
     items = []
-    for q in load_json_or_jsonl(questions_file):
-        qid = str(q["question_id"])
+    for n, q in enumerate(load_json_or_jsonl(questions_file), 1):
+        where = f"{questions_file}:{n}"
+        qid = str(_field(q, "question_id", where))
         if qid not in references:
-            raise KeyError(f"{answers_file}: no reference answer for question {qid}")
-        items.append(BenchItem(qid, q.get("image", ""), q["text"], q.get("category", "all"), references[qid],
-                               q.get("context") or contexts.get(q.get("image", ""), "")))
+            raise KeyError(f"{answers_file}: no reference answer for question {qid} ({where})")
+        category = q.get("category", "conversation")
+        pairwise.llava_rule(category, "caption")  # an unknown category fails here, not mid-run
+        image = q.get("image", "")
+        if q.get("context"):
+            context, kind = str(q["context"]), "caption"
+        elif context_file and image:
+            if image not in contexts:
+                raise ValueError(f"{where}: image {image!r} has no record in {context_file}")
+            context, kind = contexts[image]
+        else:
+            context, kind = "", "caption"
+        items.append(BenchItem(qid, image, _field(q, "text", where), category, references[qid], context, kind))
     return items
 
 
-def _judge_once(judge: JudgeClient, messages: list, retries: int) -> tuple[Optional[tuple], list[str]]:
-    raw = []
-    for _ in range(retries + 1):
-        raw.append(judge.complete(messages))
-        scores = parse_scores(raw[-1])
-        if scores is not None:
-            return scores, raw
-    return None, raw
-
-
-def judge_item(judge: JudgeClient, item: BenchItem, candidate: str, *, swap: bool, retries: int) -> dict:
+async def judge_item(judge: pairwise.PairwiseJudge, item: BenchItem, candidate: str, *, swap: bool) -> dict:
     """{"reference_score", "candidate_score"} (None if unreadable) and the raw judge replies."""
-    scores, raw = _judge_once(judge, judge_messages(item.question, item.reference, candidate, item.context),
-                              retries)
-    record = {"question_id": item.question_id, "category": item.category, "candidate": candidate,
-              "judge_raw": raw, "reference_score": None, "candidate_score": None}
-    if scores is None:
-        return record
-    pairs = [scores]
-    if swap:
-        swapped, raw_swapped = _judge_once(
-            judge, judge_messages(item.question, candidate, item.reference, item.context), retries)
-        record["judge_raw_swapped"] = raw_swapped
-        if swapped is None:
-            return record
-        pairs.append((swapped[1], swapped[0]))
-    record["reference_score"] = sum(p[0] for p in pairs) / len(pairs)
-    record["candidate_score"] = sum(p[1] for p in pairs) / len(pairs)
-    return record
+    scores, raw = await judge.both_orders(
+        lambda first, second: pairwise.llava_bench_messages(item.question, first, second, item.context,
+                                                            item.category, item.context_kind),
+        item.reference, candidate, swap=swap)
+    return {"question_id": item.question_id, "category": item.category, "candidate": candidate,
+            "judge_raw": raw, "reference_score": None if scores is None else scores[0],
+            "candidate_score": None if scores is None else scores[1]}
 
 
 def summarize(records: Sequence[dict]) -> dict:
@@ -97,14 +118,23 @@ def summarize(records: Sequence[dict]) -> dict:
     return table
 
 
-def evaluate_judged(answerer: Answerer, items: Sequence[BenchItem], judge: JudgeClient, image_folder: str = "",
-                    *, swap: bool = False, retries: int = 2, workers: int = 4) -> dict:
+async def _judge_all(judge, items, candidates, swap: bool, concurrency: int) -> list:
+    gate = asyncio.Semaphore(max(concurrency, 1))
+
+    async def one(item, candidate):
+        async with gate:
+            return await judge_item(judge, item, candidate, swap=swap)
+
+    return await asyncio.gather(*(one(i, c) for i, c in zip(items, candidates)))
+
+
+def evaluate_judged(answerer: Answerer, items: Sequence[BenchItem], judge: pairwise.PairwiseJudge,
+                    image_folder: str = "", *, swap: bool = False, concurrency: int = 8) -> dict:
+    """`judge`: a PairwiseJudge over the judge endpoint's ChatClient (its retries, max_tokens)."""
     requests = [ask(f"{IMAGE_PLACEHOLDER}\n{item.question}" if item.image else item.question,
                     os.path.join(image_folder, item.image) if item.image else None) for item in items]
     candidates = answerer.answer(requests)
-    with concurrent.futures.ThreadPoolExecutor(max(workers, 1)) as pool:
-        records = list(pool.map(lambda pair: judge_item(judge, *pair, swap=swap, retries=retries),
-                                zip(items, candidates)))
+    records = asyncio.run(_judge_all(judge, items, candidates, swap, concurrency))
     table = summarize(records)
     return {
         "benchmark": "judged",
@@ -114,3 +144,13 @@ def evaluate_judged(answerer: Answerer, items: Sequence[BenchItem], judge: Judge
                         for r in records if r["candidate_score"] is None],
         "records": records,
     }
+
+
+def judge_for(base_url: str, model: str, *, api_key: Optional[str] = None, retries: int = 2,
+              max_tokens: int = 1024, concurrency: int = 8) -> pairwise.PairwiseJudge:
+    """LLaVA's review settings (temperature 0.2, 1024 tokens) over an OpenAI-compatible endpoint."""
+    from comd_jax.serve.client import ChatClient, ClientConfig, openai_base
+
+    client = ChatClient(ClientConfig(base_url=openai_base(base_url), model=model, api_key=api_key or None,
+                                     max_concurrency=concurrency))
+    return pairwise.PairwiseJudge(client, max_tokens=max_tokens, retries=retries, temperature=0.2)

@@ -37,7 +37,14 @@ def load_json_or_jsonl(path: str):
             return json.loads(text)
         except json.JSONDecodeError:
             pass
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{number}: not a JSON line ({e.msg})") from None
+    return records
 
 
 def build_prompt(question: Mapping, *, suffix: str = SUFFIX) -> str:

@@ -55,17 +55,17 @@ def _scienceqa(answerers, settings: EvalSettings, out_dir, judge) -> dict:
 
 
 def _judged(answerers, settings: EvalSettings, out_dir, judge) -> dict:
-    from comd_jax.eval.judge import OpenAIJudge
-    from comd_jax.eval.judged import evaluate_judged, load_bench
+    from comd_jax.eval.judged import evaluate_judged, judge_for, load_bench
 
     _require(settings, "bench_questions", "bench_answers")
     if judge is None:
         _require(settings, "judge_url", "judge_model")
-        judge = OpenAIJudge(settings.judge_url, settings.judge_model, api_key=settings.judge_api_key)
+        judge = judge_for(settings.judge_url, settings.judge_model, api_key=settings.judge_api_key,
+                          retries=settings.judge_retries)
     items = load_bench(settings.bench_questions, settings.bench_answers, settings.bench_context)[:settings.limit]
     return {"benchmark": "judged", "models": {
-        name: evaluate_judged(a, items, judge, settings.image_folder, swap=settings.judge_swap,
-                              retries=settings.judge_retries) for name, a in answerers.items()}}
+        name: evaluate_judged(a, items, judge, settings.image_folder, swap=settings.judge_swap)
+        for name, a in answerers.items()}}
 
 
 def _world(answerers, settings: EvalSettings, out_dir, judge) -> dict:
@@ -94,7 +94,7 @@ BENCHMARKS: dict[str, Callable] = {"scienceqa": _scienceqa, "judged": _judged, "
 def run_benchmark(name: str, answerers: Mapping[str, Answerer], settings: EvalSettings,
                   out_dir: Optional[str] = None, *, judge=None) -> dict:
     """Scores every answerer on benchmark `name`; writes {name}.json/.md into `out_dir` if given.
-    `judge`: a JudgeClient (else one is built from settings.judge_url/judge_model)."""
+    `judge`: an eval.judge.PairwiseJudge (else one is built from settings.judge_url/judge_model)."""
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; choose one of {sorted(BENCHMARKS)}")
     result = BENCHMARKS[name](dict(answerers), settings, out_dir, judge)

@@ -9,19 +9,15 @@
 """
 from __future__ import annotations
 
-import collections
 import re
 
 from comd_jax.data.synthetic.scene import PALETTE, SHAPES
 from comd_jax.eval.letters import extract_letter
+from comd_jax.eval.matching import exact_match, token_f1, words  # noqa: F401 (re-exported)
 
 # Answers of one kind: a reply naming two of them has not committed to one.
 DOMAINS = (tuple(PALETTE), SHAPES, ("yes", "no"), tuple(str(i) for i in range(10)),
            ("left", "right", "above", "below"))
-
-
-def words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+", text.lower())
 
 
 def answer_match(reply: str, truth: str) -> bool:
@@ -32,23 +28,10 @@ def answer_match(reply: str, truth: str) -> bool:
     return not any(w in said for w in domain if w != truth.lower())
 
 
-def token_f1(reply: str, reference: str) -> float:
-    said, ref = words(reply), words(reference)
-    common = sum((collections.Counter(said) & collections.Counter(ref)).values())
-    if not said or not ref or not common:
-        return 0.0
-    precision, recall = common / len(said), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
 def letter_match(reply: str, question: str, truth: str) -> bool:
     options = re.findall(r"^([A-Z])\. (.*)$", question, re.MULTILINE)
     letter = extract_letter(reply, len(options), [text for _, text in options])
     return letter == truth
-
-
-def exact_match(reply: str, reference: str) -> bool:
-    return words(reply) == words(reference)
 
 
 METRICS = {"multiple_choice": "letter", "detailed_description": "token_f1"}  # others: "answer"

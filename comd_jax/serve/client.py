@@ -69,6 +69,12 @@ def user_message(text: str, images: Sequence = ()) -> dict:
     return {"role": "user", "content": parts + [{"type": "text", "text": text}]}
 
 
+def openai_base(url: str) -> str:
+    """A base URL as the `openai` client takes it (`.../v1`); one given without `/v1` gets it."""
+    url = url.rstrip("/")
+    return url if url.endswith("/v1") or "/v1/" in url else url + "/v1"
+
+
 @dataclasses.dataclass(frozen=True)
 class ClientConfig:
     base_url: str  # e.g. http://127.0.0.1:8000/v1
