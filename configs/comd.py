@@ -96,7 +96,9 @@ def _distill(**kw):
         # Your data (data.kind llava_json / tfds): the pool's LLaVA JSON or JSONL and its image folder
         # (default: the file's folder). The offline world uses its own instructions.
         pool_data="", image_folder="",
-        teacher_model="comd-teacher", teacher_api_key="",
+        # The teacher endpoint's key, read from the environment variable named here (sent as
+        # Authorization: Bearer; our own server child then requires it). Unset: no key.
+        teacher_model="comd-teacher", teacher_api_key_env="COMD_TEACHER_API_KEY",
         eval_limit=270)  # held-out examples scored per round (30 per skill)
     base.update(kw)
     return ml_collections.ConfigDict(base)

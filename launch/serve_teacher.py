@@ -16,6 +16,7 @@ lockstep to run the sharded model collectively, which the engine does not do.
 Serve a teacher too large for one host's devices from elsewhere (any
 OpenAI-compatible server, `config.distill.teacher_url`).
 """
+import os
 import sys
 
 from absl import app, flags
@@ -27,7 +28,10 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:p
 flags.DEFINE_string("host", "127.0.0.1", "Interface to bind (0.0.0.0 exposes the server to the network).")
 flags.DEFINE_integer("port", 8000, "TCP port.")
 flags.DEFINE_string("checkpoint", None, "transformers directory or Orbax checkpoint; none = random weights.")
-flags.DEFINE_string("api_key", None, "When set, requests need 'Authorization: Bearer KEY'.")
+flags.DEFINE_string("api_key", None, "When set, requests need 'Authorization: Bearer KEY'. Visible to anyone "
+                    "running ps: prefer --api_key_env.")
+flags.DEFINE_string("api_key_env", "", "Name of an environment variable holding the key (as --api_key, "
+                    "but off the command line). It must be set and non-empty.")
 flags.DEFINE_string("workdir", "workdir", "Where the offline world (tokenizer, image processor) lives.")
 flags.DEFINE_string("model_name", "comd-teacher", "The model id clients pass and /v1/models lists.")
 distributed.define_flags()  # --distributed, --coordinator_address, --num_processes, --process_id
@@ -55,8 +59,19 @@ def main(argv):
     F = flags.FLAGS
     workdir = paths.startup(F.config, F.workdir)  # Orbax refuses relative paths
     compile_cache.enable(F.config, workdir)  # a parent's choice wins (env)
-    serve(F.config, host=F.host, port=F.port, checkpoint=paths.absolute(F.checkpoint), api_key=F.api_key,
+    serve(F.config, host=F.host, port=F.port, checkpoint=paths.absolute(F.checkpoint), api_key=api_key(F),
           workdir=workdir, model_name=F.model_name)
+
+
+def api_key(F):
+    if not F.api_key_env:
+        return F.api_key
+    if F.api_key:
+        raise SystemExit("give --api_key or --api_key_env, not both")
+    key = os.environ.get(F.api_key_env, "")
+    if not key:
+        raise SystemExit(f"--api_key_env={F.api_key_env}: that environment variable is not set or empty")
+    return key
 
 
 if __name__ == "__main__":

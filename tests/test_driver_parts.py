@@ -48,6 +48,27 @@ def test_teacher_endpoint_needs_a_url_or_a_checkpoint(tmp_path):
             pass
 
 
+def test_endpoint_keys_come_from_the_environment_variables_the_config_names(tmp_path, monkeypatch):
+    from comd_jax import config as config_lib
+    from comd_jax.distill.endpoint import TeacherEndpoint, api_key, snapshot
+
+    config = config_lib.preset("paper")
+    assert "teacher_api_key" not in config.distill  # only the variable's name is configurable
+    monkeypatch.setenv("COMD_TEACHER_API_KEY", "sk-teacher-123")
+    monkeypatch.setenv("MY_JUDGE_KEY", "sk-judge-456")
+    config.distill.judge_api_key_env = "MY_JUDGE_KEY"
+    assert api_key(config, "teacher_api_key_env") == "sk-teacher-123"
+    assert api_key(config, "judge_api_key_env") == "sk-judge-456"
+    started = []
+    endpoint = TeacherEndpoint(config, str(tmp_path), "/ckpt", lambda *a, **k: started.append(k))
+    assert endpoint.key == "sk-teacher-123" and started[0]["api_key"] == "sk-teacher-123"  # our child requires it
+    snapshot(config, str(tmp_path))
+    written = open(tmp_path / "config.json").read()
+    assert "sk-teacher-123" not in written and "sk-judge-456" not in written and "MY_JUDGE_KEY" in written
+    monkeypatch.delenv("COMD_TEACHER_API_KEY")
+    assert api_key(config, "teacher_api_key_env") == ""
+
+
 def test_judge_and_augmentor_tables_name_what_the_data_offers():
     from comd_jax.distill.driver import _pick
 

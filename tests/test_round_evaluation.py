@@ -106,7 +106,7 @@ class FakeClient:
     def __init__(self, reply):
         self.reply, self.requests = reply, []
 
-    def chat_many_sync(self, requests):
+    def chat_many_sync(self, requests, skipped_ok=False):
         from comd_jax.serve.client import Choice
 
         self.requests += list(requests)
@@ -158,7 +158,7 @@ def test_results_json_has_the_issue_shape_and_the_report_is_made_from_it(tmp_pat
 
     state = {"history": [{"round": 0, "phase": "tune", "train_pool": 12}, {"round": 0, "phase": "assess"},
                          {"round": 0, "phase": "select", "hard": 3, "student_wins": 1, "excluded": 2},
-                         {"round": 0, "phase": "augment", "added": 4}]}
+                         {"round": 0, "phase": "augment", "added": 4, "dropped": {"too_short": 2}}]}
     student = SimpleNamespace(fingerprint=lambda r: f"{r:064d}")
     sqa = lambda avg: {"scienceqa": {"scores": {"average": avg, "NAT": avg, "unparsed": 0}, "records": []}}
     results = round_results(config_lib.preset("smoke"), state, student, ("scienceqa",), sqa(40.0), sqa(80.0),
@@ -171,7 +171,7 @@ def test_results_json_has_the_issue_shape_and_the_report_is_made_from_it(tmp_pat
     (r0,) = written["rounds"]
     assert r0 == {"round": 0, "student": {"scienceqa": {"average": 55.0, "NAT": 55.0, "unparsed": 0}},
                   "pool_size": 12, "hard": 3, "student_wins": 1, "added": 4, "verdicts_excluded": 2,
-                  "student_params_sha256": "0" * 64, "student_image_reliance": None}
+                  "judge_skipped": {}, "dropped": {"too_short": 2}, "student_params_sha256": "0" * 64, "student_image_reliance": None}
     report = (tmp_path / "report" / "report.md").read_text()
     assert "scienceqa/average" in report and "baseline" in report
     assert os.path.getsize(tmp_path / "report" / "score_by_round.png") > 0

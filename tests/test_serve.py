@@ -39,6 +39,16 @@ def client(server):
     return openai.OpenAI(base_url=server.base_url, api_key=KEY, max_retries=0, timeout=120)
 
 
+def test_the_key_reaches_the_child_through_its_environment_not_its_command_line(server, client):
+    cmdline = open(f"/proc/{server.proc.pid}/cmdline", "rb").read().decode()
+    assert KEY not in cmdline and KEY not in " ".join(server.args)  # ps shows a command line to everyone
+    assert "--api_key_env=COMD_SERVE_API_KEY" in server.args
+    assert ask(client, "hi").choices  # and the child requires it
+    wrong = openai.OpenAI(base_url=server.base_url, api_key="wrong", max_retries=0, timeout=60)
+    with pytest.raises(openai.AuthenticationError):
+        ask(wrong, "hi")
+
+
 def png(width=32, height=32, seed=0) -> bytes:
     pixels = np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
     buf = io.BytesIO()

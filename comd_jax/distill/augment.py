@@ -7,12 +7,15 @@
   the seed's skill, with ground truth.
 
 Filters (Lion / self-instruct): ROUGE-L F > 0.7 to anything already in the
-pool or generated this round, too short, cut off at max_tokens, or echoing
-the prompt's own scaffolding.
+pool or generated this round, too short, cut off at max_tokens, echoing the
+prompt's own scaffolding, or an answer written where an instruction was asked
+for. Each drop is counted by reason (`last_rejected`, then the round's report).
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
 import re
 from typing import Optional, Protocol, Sequence
 
@@ -20,7 +23,7 @@ import numpy as np
 
 from comd_jax.distill.pool import PoolEntry
 from comd_jax.distill.protocol import ChatClient
-from comd_jax.serve.client import user_message
+from comd_jax.serve.client import ItemSkipped, user_message
 
 CREATOR_TEMPLATE = """I want you to act as an Instruction Creator.
 Your goal is to draw inspiration from the #Given Instruction# to create a brand new instruction.
@@ -79,6 +82,31 @@ def clean(text: str) -> str:
     return text.strip().strip('"').strip()
 
 
+# How instructions begin: a question word, an auxiliary verb of a yes/no question, an imperative,
+# or a framing phrase. A reply that asks nothing ("?") and begins otherwise is an answer.
+INSTRUCTION_OPENERS = frozenset("""
+what which who whom whose where when why how is are was were do does did can could would should will
+shall may might has have had describe explain list identify name count compare tell write provide give
+analyze analyse discuss summarize summarise determine estimate find point state classify select choose
+answer read locate interpret evaluate assess examine observe infer predict propose recommend suggest
+create imagine suppose consider considering based looking given using from according in on if please
+pick match rank sort detail elaborate outline specify mention note look study share offer justify
+""".split())
+# How answers begin, when they begin like one: dropped even with a question mark later on.
+ANSWER_OPENERS = ("the image shows", "the image depicts", "this image shows", "in the image, there",
+                  "the answer is", "yes,", "no,", "yes.", "no.", "sure", "certainly", "here is", "here's")
+
+
+def is_answer_not_instruction(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered.startswith(ANSWER_OPENERS):
+        return True
+    if "?" in lowered:
+        return False
+    first = re.sub(r"[^a-z]", "", lowered.split()[0]) if lowered.split() else ""
+    return first not in INSTRUCTION_OPENERS
+
+
 def reject_reason(text: str, finish_reason: str, min_words: int = 3) -> Optional[str]:
     if finish_reason == "length":
         return "truncated"
@@ -87,6 +115,8 @@ def reject_reason(text: str, finish_reason: str, min_words: int = 3) -> Optional
     lowered = text.lower()
     if any(echo in lowered for echo in ECHOES):
         return "echoes_prompt"
+    if is_answer_not_instruction(text):
+        return "answer_not_instruction"
     return None
 
 
@@ -103,14 +133,30 @@ class LLMAugmentor:
     name: str = "llm"
     # New text about the seed's image: a candidate is new only if its words are (ROUGE-L).
     text_novelty: bool = True
+    concurrency: int = 8  # creator requests in flight at once (distill.concurrency)
 
     async def propose(self, seeds: Sequence[PoolEntry], round_index: int, images: dict) -> list:
-        out, rejected = [], {}
-        for k, seed in enumerate(seeds):
+        gate = asyncio.Semaphore(max(self.concurrency, 1))
+
+        async def ask(k, seed):
             prompt = CREATOR_TEMPLATE.format(instruction=strip_image_token(seed.instruction))
-            choices = await self.client.chat([user_message(prompt, images.get(seed.id, ()))], n=self.per_seed,
-                                             temperature=self.temperature, max_tokens=self.max_tokens,
-                                             seed=round_index * 1_000_003 + k)
+            async with gate:
+                try:
+                    return await self.client.chat([user_message(prompt, images.get(seed.id, ()))], n=self.per_seed,
+                                                  temperature=self.temperature, max_tokens=self.max_tokens,
+                                                  seed=round_index * 1_000_003 + k)
+                except ItemSkipped as e:  # this seed's request only
+                    logging.warning("augmenting from %s: %s", seed.id, e)
+                    return e
+
+        # All at once; candidates are taken in seed order, so the result does not depend on timing.
+        replies = await asyncio.gather(*(ask(k, seed) for k, seed in enumerate(seeds)))
+        out, rejected = [], {}
+        for seed, choices in zip(seeds, replies):
+            if isinstance(choices, ItemSkipped):
+                key = f"creator_{choices.reason}"
+                rejected[key] = rejected.get(key, 0) + 1
+                continue
             for choice in choices:
                 text = clean(choice.text)
                 reason = reject_reason(text, choice.finish_reason)

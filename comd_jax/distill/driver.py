@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 
 from comd_jax import multihost, paths
@@ -46,7 +47,7 @@ def _llm_augmentor(config):
     def make(client):
         from comd_jax.distill.augment import LLMAugmentor
 
-        return LLMAugmentor(client, per_seed=config.distill.per_seed)
+        return LLMAugmentor(client, per_seed=config.distill.per_seed, concurrency=config.distill.concurrency)
     return make
 
 
@@ -61,7 +62,9 @@ def _judge_client(config, teacher_client):
         if d.get("judge_model", "") and d.judge_model != d.teacher_model:
             return ChatClient(dataclasses.replace(teacher_client.config, model=d.judge_model))
         return teacher_client
-    url, key = openai_base(d.judge_url), os.environ.get(d.get("judge_api_key_env", "OPENAI_API_KEY"), "")
+    from comd_jax.distill.endpoint import api_key
+
+    url, key = openai_base(d.judge_url), api_key(config, "judge_api_key_env", "OPENAI_API_KEY")
     if multihost.is_writer():
         check_answers(url, "judge_url", key)
     return ChatClient(ClientConfig(base_url=url, model=d.judge_model or d.teacher_model, api_key=key or None,
@@ -84,12 +87,18 @@ def answer_initial_pool(config, client, pool) -> list:
             e.provenance.update(round=-1, answered_by="oracle")
         return entries
     print(f"== the teacher answers the initial pool ({len(entries)}) ==", flush=True)
+    from comd_jax.serve.client import ItemSkipped
+
     replies = client.chat_many_sync([
         (pool_lib.chat_messages(e, pool.images_of(e)),
-         {"temperature": 0.0, "max_tokens": config.distill.answer_max_tokens}) for e in entries])
+         {"temperature": 0.0, "max_tokens": config.distill.answer_max_tokens}) for e in entries], skipped_ok=True)
     for e, reply in zip(entries, replies):
-        e.target = reply[0].text.strip()
         e.provenance.update(round=-1, answered_by="teacher")
+        if isinstance(reply, ItemSkipped):  # pooled without a target: never trained on, counted
+            logging.warning("initial pool %s: the teacher's answer is unusable (%s); not trained on", e.id, reply)
+            e.target, e.provenance["skipped"] = "", reply.reason
+        else:
+            e.target = reply[0].text.strip()
     return entries
 
 
@@ -122,10 +131,11 @@ def run_comd(config, workdir: str) -> dict:
     warm_up = student.warm_up()
 
     d = config.distill
-    with TeacherEndpoint(config, workdir, d.get("teacher_checkpoint", "") or kind.teacher_checkpoint,
-                         ServerProcess) as base_url:
-        client = ChatClient(ClientConfig(base_url=base_url, model=d.teacher_model,
-                                         api_key=d.teacher_api_key or None, max_concurrency=d.concurrency))
+    endpoint = TeacherEndpoint(config, workdir, d.get("teacher_checkpoint", "") or kind.teacher_checkpoint,
+                               ServerProcess)
+    with endpoint as base_url:
+        client = ChatClient(ClientConfig(base_url=base_url, model=d.teacher_model, api_key=endpoint.key or None,
+                                         max_concurrency=d.concurrency))
         judge_client = _judge_client(config, client) if d.judge == "llm" or "llava_bench" in section.benchmarks \
             else client
         evals = evaluation.Evaluations(workdir, section.benchmarks, {
@@ -189,6 +199,7 @@ def round_results(config, state: dict, student, names: tuple, baseline: dict, te
                     "pool_size": field("tune", "train_pool"), "hard": field("select", "hard"),
                     "student_wins": field("select", "student_wins"), "added": field("augment", "added"),
                     "verdicts_excluded": field("select", "excluded"),
+                    "judge_skipped": field("assess", "skipped") or {}, "dropped": field("augment", "dropped") or {},
                     "student_params_sha256": student.fingerprint(r),
                     "student_image_reliance": reliance(scored)})
         _print_round(r, scored)

@@ -18,6 +18,13 @@ def snapshot(config, workdir: str) -> str:
     return f"{os.path.join(REPO, 'configs', 'snapshot.py')}:{path}"
 
 
+def api_key(config, field: str, default: str = "") -> str:
+    """The key in the environment variable `config.distill.<field>` names ("" when unset). Keys live
+    only in the environment, so no config snapshot, log or report can hold one."""
+    name = config.distill.get(field, default)
+    return os.environ.get(name, "") if name else ""
+
+
 def check_answers(url: str, field: str, api_key: str = "", timeout_s: float = 10.0) -> None:
     """Refuses, by name, an endpoint that does not answer at all (no server, wrong host or port).
     Any HTTP answer, even 401 or 404, means something is there; the requests say the rest."""
@@ -47,15 +54,16 @@ class TeacherEndpoint:
         if not self.url and not checkpoint:
             raise ValueError("the CoMD rounds need a teacher: set config.distill.teacher_url (an OpenAI-compatible "
                              "base URL) or config.distill.teacher_checkpoint (served by launch/serve_teacher.py)")
+        self.key = api_key(config, "teacher_api_key_env", "COMD_TEACHER_API_KEY")
         self.server = None if self.url or not multihost.is_writer() else server_cls(
             snapshot(config, workdir), workdir=workdir, checkpoint=checkpoint,
-            model_name=config.distill.teacher_model)
+            model_name=config.distill.teacher_model, api_key=self.key or None)
 
     def __enter__(self) -> str:
         if self.server is None:
             if self.url and multihost.is_writer():
                 self.url = openai_base(self.url)
-                check_answers(self.url, "teacher_url")
+                check_answers(self.url, "teacher_url", self.key)
             return self.url
         self.server.start()
         return self.server.base_url

@@ -24,6 +24,7 @@ class Verdict:
     teacher: Optional[float]  # None: the judge never gave parseable scores (excluded)
     student: Optional[float]
     raw: list  # judge outputs, kept for audit
+    skipped: Optional[str] = None  # why the judge's answer was unusable (comd_jax.serve.client.ItemSkipped)
 
     @property
     def valid(self) -> bool:

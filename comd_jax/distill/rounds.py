@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import os
 from typing import Callable, Optional, Sequence
 
@@ -39,6 +40,7 @@ from comd_jax.distill import pool as pool_lib
 from comd_jax.distill.augment import filter_novel
 from comd_jax.distill.judges import Verdict
 from comd_jax.distill.selection import SelectionConfig, select
+from comd_jax.serve.client import ItemSkipped
 
 PHASES = ("tune", "assess", "select", "augment")
 
@@ -176,11 +178,20 @@ class Loop:
             verdicts = asyncio.run(self._judge(chunk, answers))
             with open(out, "a") as f:
                 for entry, answer, verdict in zip(chunk, answers, verdicts):
-                    f.write(json.dumps({"id": entry.id, "student": answer, "teacher": entry.target,
-                                        "scores": {"teacher": verdict.teacher, "student": verdict.student},
-                                        "raw": verdict.raw}) + "\n")
+                    record = {"id": entry.id, "student": answer, "teacher": entry.target,
+                              "scores": {"teacher": verdict.teacher, "student": verdict.student}, "raw": verdict.raw}
+                    if verdict.skipped:
+                        record["skipped"] = verdict.skipped
+                    f.write(json.dumps(record) + "\n")
                     f.flush()
-        return {"assessed": len(_done_ids(out))} if multihost.is_writer() else None
+        if not multihost.is_writer():
+            return None
+        records = _records(out)
+        skipped = _count(r.get("skipped") for r in records.values())
+        if skipped:
+            logging.warning("round %d: %d judge request(s) skipped (%s); their items are excluded this round",
+                            r, sum(skipped.values()), ", ".join(f"{k} {v}" for k, v in skipped.items()))
+        return {"assessed": len(records), "skipped": skipped}
 
     async def _judge(self, entries, answers) -> list:
         gate = asyncio.Semaphore(self.cfg.concurrency)
@@ -189,8 +200,12 @@ class Loop:
             async with gate:
                 kwargs = {"reference": entry.reference, "skill": entry.skill} if entry.reference is not None \
                     and _takes_reference(self.parts.judge) else {}
-                return await self.parts.judge.judge(entry.question(),
-                                                    entry.target, answer, self.parts.images_of(entry), **kwargs)
+                try:
+                    return await self.parts.judge.judge(entry.question(), entry.target, answer,
+                                                        self.parts.images_of(entry), **kwargs)
+                except ItemSkipped as e:  # this item's request, not the run: excluded and counted
+                    logging.warning("assessing %s: %s", entry.id, e)
+                    return Verdict(None, None, [str(e)], skipped=e.reason)
 
         return await asyncio.gather(*(one(e, a) for e, a in zip(entries, answers)))
 
@@ -247,10 +262,18 @@ class Loop:
         todo = [(f"r{r}-aug{k:05d}", c) for k, c in enumerate(kept) if f"r{r}-aug{k:05d}" not in done]
         asyncio.run(self._answer_candidates(r, todo, out))
         # Answers land in completion order; the pool takes them by id so reruns agree.
-        added = sorted((e for e in pool_lib.load(out) if e.id not in by_id), key=lambda e: e.id)
+        answered = [e for e in pool_lib.load(out) if e.id not in by_id]
+        added = sorted((e for e in answered if not e.provenance.get("skipped")), key=lambda e: e.id)
         pool_lib.append(self.path("train_pool.jsonl"), added)
+        # Every candidate that did not become a pool entry, by why (the augmentor's own filters,
+        # the novelty filter, the teacher's unusable answers).
+        drops = dict(getattr(self.parts.augmentor, "last_rejected", None) or {})
+        if dropped:
+            drops["near_duplicate"] = dropped
+        for reason, n in _count(e.provenance.get("skipped") for e in answered).items():
+            drops[f"teacher_{reason}"] = n
         return {"seeds": len(seeds), "candidates": len(candidates), "near_duplicates": dropped,
-                "added": len(added)}
+                "added": len(added), "dropped": drops}
 
     async def _answer_candidates(self, r: int, todo, out: str):
         """The teacher answers each new instruction; each answer is appended as it lands."""
@@ -272,10 +295,14 @@ class Loop:
                     entry.target, entry.provenance["answered_by"] = c.target, "oracle"
                     pool_lib.append(out, [entry])
                     return
-                choices = await self.parts.teacher.chat(
-                    pool_lib.chat_messages(entry, self.parts.images_of(entry)),
-                    temperature=0.0, max_tokens=self.cfg.answer_max_tokens)
-                entry.target = choices[0].text.strip()
+                try:
+                    choices = await self.parts.teacher.chat(
+                        pool_lib.chat_messages(entry, self.parts.images_of(entry)),
+                        temperature=0.0, max_tokens=self.cfg.answer_max_tokens)
+                    entry.target = choices[0].text.strip()
+                except ItemSkipped as e:  # kept on file (a resumed phase does not ask again), not pooled
+                    logging.warning("teacher answer for %s: %s", new_id, e)
+                    entry.provenance["skipped"] = e.reason
                 pool_lib.append(out, [entry])
 
         await asyncio.gather(*(one(new_id, c) for new_id, c in todo))
@@ -302,6 +329,14 @@ def seeds_for_round(chosen: dict, pool_ids: Sequence[str], policy: str, budget: 
     top_up = rng.choice(others, size=min(budget - len(head), len(others)), replace=False).tolist() \
         if len(head) < budget else []
     return head + sorted(top_up)
+
+
+def _count(reasons) -> dict:
+    out = {}
+    for reason in reasons:
+        if reason:
+            out[reason] = out.get(reason, 0) + 1
+    return dict(sorted(out.items()))
 
 
 def _takes_reference(judge) -> bool:

@@ -6,6 +6,7 @@ request of a benchmark is in flight at once, up to the client's concurrency limi
 """
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 from comd_jax.data.templates import IMAGE_PLACEHOLDER
@@ -44,6 +45,18 @@ class EndpointAnswerer:
     def answer(self, requests: Sequence[Request]) -> list[str]:
         if not requests:
             return []
+        from comd_jax.serve.client import ItemSkipped
+
         replies = self.client.chat_many_sync([
-            (request_messages(r), {"temperature": 0.0, "max_tokens": self.max_tokens}) for r in requests])
-        return [choices[0].text.strip() for choices in replies]
+            (request_messages(r), {"temperature": 0.0, "max_tokens": self.max_tokens}) for r in requests],
+            skipped_ok=True)
+        # A benchmark keeps every question: an unusable answer is an empty (wrong) one, logged.
+        out = []
+        for k, reply in enumerate(replies):
+            if isinstance(reply, ItemSkipped):
+                logging.warning("request %d of %d: the endpoint's answer is unusable (%s); scored as empty",
+                                k + 1, len(replies), reply)
+                out.append("")
+            else:
+                out.append(reply[0].text.strip())
+        return out

@@ -5,9 +5,16 @@ augmentor, against any OpenAI-compatible base URL (our server, vLLM, ...).
   reason, which the augmentor's truncation filter reads) (async); `chat_many`
   runs many at once under a concurrency limit; `*_sync` wrap both.
 - Timeouts per request; retries with exponential backoff on connection errors,
-  timeouts, 429 and 5xx; then `TeacherUnavailable` naming the URL and the last
-  cause. Other 4xx are the caller's mistake: `RequestRejected` at once, with
-  the server's message.
+  timeouts, 429 and 5xx, waiting at least what a `Retry-After` header asks;
+  then `TeacherUnavailable` naming the URL and the last cause.
+- Every request carries an `X-Request-Id` (vLLM and OpenAI echo or replace it);
+  errors name the id the server reports, else ours.
+- Other 4xx are the caller's mistake: `RequestRejected` at once, with the
+  endpoint's message and the request id, and never retried.
+- What one item's request gets wrong, the item pays for, not the run: an image
+  the server refuses (a 4xx that names an image), a 200 whose body is not JSON
+  or has no choices, `content: null`. That is `ItemSkipped(reason, message)`;
+  `chat_many(..., skipped_ok=True)` returns it in the item's place.
 - `user_message(text, images)` builds OpenAI content parts with base64 data URLs.
 - `ServerProcess` starts our server (launch/serve_teacher.py) as a child,
   waits for /health, and stops it (SIGTERM, then kill).
@@ -44,9 +51,86 @@ class TeacherUnavailable(RuntimeError):
 class RequestRejected(ValueError):
     """The endpoint refused the request (4xx other than 429)."""
 
-    def __init__(self, status: int, message: str):
-        super().__init__(f"HTTP {status}: {message}")
-        self.status = status
+    def __init__(self, status: int, message: str, request_id: str = "", url: str = ""):
+        where = f"{url}: " if url else ""
+        rid = f" (request id {request_id})" if request_id else ""
+        super().__init__(f"{where}HTTP {status}{rid}: {message}")
+        self.status, self.message, self.request_id = status, message, request_id
+
+
+class ItemSkipped(RuntimeError):
+    """One request's answer is unusable; its item is skipped and counted under `reason`
+    ("image_rejected", "not_json", "no_choices", "content_null")."""
+
+    def __init__(self, reason: str, message: str, request_id: str = ""):
+        super().__init__(f"{reason}: {message}" + (f" (request id {request_id})" if request_id else ""))
+        self.reason, self.message, self.request_id = reason, message, request_id
+
+
+SKIP_REASONS = ("image_rejected", "not_json", "no_choices", "content_null")
+MAX_RETRY_AFTER_S = 300.0  # a server asking for longer is treated as down
+
+
+def retry_after_s(value: Optional[str], now: Optional[float] = None) -> Optional[float]:
+    """A `Retry-After` header (seconds, or an HTTP date) as seconds from now; None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
+def error_message(text: str) -> str:
+    """The message of an OpenAI-shaped error body ({"error": {"message": ...}}), else the text."""
+    import json
+
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text[:2000]
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict) and err.get("message"):
+        extra = ", ".join(f"{k}={err[k]}" for k in ("param", "code") if err.get(k))
+        return str(err["message"]) + (f" ({extra})" if extra else "")
+    if isinstance(err, str):
+        return err
+    if isinstance(body, dict) and isinstance(body.get("message"), str):  # vLLM's older shape
+        return body["message"]
+    return text[:2000]
+
+
+def _names_image(text: str) -> bool:
+    return "image" in text.lower()
+
+
+def choices_of(body, request_id: str = "") -> list:
+    """A chat completion's choices; `ItemSkipped` when there is no usable one."""
+    choices = body.get("choices") if isinstance(body, dict) else None
+    if not isinstance(choices, list) or not choices:
+        raise ItemSkipped("no_choices", f"the answer has no choices: {str(body)[:300]}", request_id)
+    out = []
+    for c in choices:
+        message = c.get("message") if isinstance(c, dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):  # content parts, as some servers return them
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        if content is None:
+            continue
+        out.append(Choice(str(content), c.get("finish_reason") or "stop"))
+    if not out:
+        raise ItemSkipped("content_null", f"every choice's message.content is null "
+                          f"(finish_reason {choices[0].get('finish_reason') if isinstance(choices[0], dict) else None})",
+                          request_id)
+    return out
 
 
 def _png_data_url(image) -> str:
@@ -94,40 +178,66 @@ class ChatClient:
     def _headers(self) -> dict:
         return {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
 
-    async def _post(self, session, semaphore, body: dict) -> dict:
-        cfg, last = self.config, None
+    async def _post(self, session, semaphore, body: dict) -> list:
+        import json
+        import uuid
+
+        cfg, last, wait = self.config, None, 0.0
+        ours = f"comd-{uuid.uuid4().hex}"
+        headers = {**self._headers(), "X-Request-Id": ours}
         for attempt in range(cfg.retries + 1):
             if attempt:
-                await asyncio.sleep(cfg.backoff_s * 2 ** (attempt - 1))
+                await asyncio.sleep(max(wait, cfg.backoff_s * 2 ** (attempt - 1)))
+            wait = 0.0
             try:
-                async with semaphore, session.post(self.url, json=body, headers=self._headers()) as resp:
-                    if resp.status == 200:
-                        return await resp.json()
+                async with semaphore, session.post(self.url, json=body, headers=headers) as resp:
+                    rid = resp.headers.get("x-request-id") or ours
                     text = await resp.text()
+                    if resp.status == 200:
+                        try:
+                            parsed = json.loads(text)
+                        except ValueError:
+                            raise ItemSkipped("not_json", f"{self.url}: HTTP 200 with a body that is not JSON "
+                                              f"({resp.content_type}): {text[:300]!r}", rid) from None
+                        return choices_of(parsed, rid)
                     if resp.status != 429 and resp.status < 500:
-                        raise RequestRejected(resp.status, text)
-                    last = f"HTTP {resp.status}: {text[:500]}"
+                        message = error_message(text)
+                        if _names_image(message):
+                            raise ItemSkipped("image_rejected", f"{self.url}: HTTP {resp.status}: {message}", rid)
+                        raise RequestRejected(resp.status, message, rid, self.url)
+                    last = f"HTTP {resp.status} (request id {rid}): {error_message(text)[:500]}"
+                    asked = retry_after_s(resp.headers.get("Retry-After"))
+                    if asked is not None:
+                        if asked > MAX_RETRY_AFTER_S:
+                            break
+                        wait = asked
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError) as e:
                 last = f"{type(e).__name__}: {e}"
-        raise TeacherUnavailable(f"{self.url}: no answer after {cfg.retries + 1} attempts; last: {last}")
+        raise TeacherUnavailable(f"{self.url}: no answer after {attempt + 1} attempts; last: {last}")
 
-    async def chat_many(self, requests: Sequence[tuple]) -> list:
+    async def chat_many(self, requests: Sequence[tuple], *, skipped_ok: bool = False) -> list:
         """[(messages, params dict)] → [[Choice]], in order; all at once, at most
-        `max_concurrency` in flight."""
+        `max_concurrency` in flight. With `skipped_ok`, an item whose answer is unusable
+        gets its `ItemSkipped` in its place instead of failing the batch."""
         semaphore = asyncio.Semaphore(self.config.max_concurrency)
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
+
+        async def one(session, m, p):
+            try:
+                return await self._post(session, semaphore, {"model": self.config.model, "messages": list(m), **p})
+            except ItemSkipped as e:
+                if skipped_ok:
+                    return e
+                raise
+
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            replies = await asyncio.gather(*(
-                self._post(session, semaphore, {"model": self.config.model, "messages": list(m), **p})
-                for m, p in requests))
-        return [[Choice(c["message"]["content"] or "", c.get("finish_reason") or "stop") for c in r["choices"]]
-                for r in replies]
+            return list(await asyncio.gather(*(one(session, m, p) for m, p in requests)))
 
     async def chat(self, messages, **params) -> list:
         return (await self.chat_many([(messages, params)]))[0]
 
-    def chat_many_sync(self, requests: Sequence[tuple]) -> list:
-        return asyncio.run(self.chat_many(requests))
+    def chat_many_sync(self, requests: Sequence[tuple], *, skipped_ok: bool = False) -> list:
+        return asyncio.run(self.chat_many(requests, skipped_ok=skipped_ok))
 
     def chat_sync(self, messages, **params) -> list:
         return asyncio.run(self.chat(messages, **params))
@@ -148,6 +258,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+SERVE_KEY_ENV = "COMD_SERVE_API_KEY"  # how ServerProcess hands its child the key
+
+
 class ServerProcess:
     """Our server as a child process: `with ServerProcess(config_arg, workdir=...) as server:`
     then `server.base_url`. The launcher is found beside the package (editable install)."""
@@ -166,11 +279,12 @@ class ServerProcess:
                      f"--workdir={workdir}", f"--model_name={model_name}", "--distributed=none", *extra_args]
         if checkpoint:
             self.args.append(f"--checkpoint={checkpoint}")
-        if api_key:
-            self.args.append(f"--api_key={api_key}")
         self.startup_timeout_s = startup_timeout_s
         # The child imports this very package, installed or not (a checkout run in place).
         self.env = dict(os.environ if env is None else env)
+        if api_key:  # through the child's environment: a command line is anyone's to read (ps)
+            self.env[SERVE_KEY_ENV] = api_key
+            self.args.append(f"--api_key_env={SERVE_KEY_ENV}")
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, self.env.get("PYTHONPATH")) if p)
         self.proc: Optional[subprocess.Popen] = None
         self.log = None
