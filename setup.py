@@ -17,7 +17,8 @@ INSTALL_REQUIRES = [
     "pillow>=10.0",
     "tqdm>=4.60",
     "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
-    "rouge-score>=0.1.2",  # augmentation's near-duplicate filter (ROUGE-L), as Lion/self-instruct use
+    # Augmentation's near-duplicate filter (ROUGE-L, as Lion/self-instruct use): a compiled LCS.
+    "rapidfuzz>=3.0",
     # Input pipeline (comd_jax/data): grain's checkpointable iterators; TFDS
     # read/written without TensorFlow through array_record.
     "grain>=0.2.10",
@@ -35,6 +36,7 @@ TEST_REQUIRES = [
     "torch==2.13.0",
     # The official client talks to our server in tests/test_serve.py.
     "openai>=1.30",
+    "rouge-score>=0.1.2",  # the reference the ROUGE-L filter is checked against (tests/test_rouge.py)
     "nbformat>=5",  # reads launch/colab_tpu_demo.ipynb to run its cells on CPU (test_colab_notebook.py)
 ]
 

@@ -21,6 +21,7 @@ from typing import Optional, Protocol, Sequence
 
 import numpy as np
 
+from comd_jax.distill import rouge
 from comd_jax.distill.pool import PoolEntry
 from comd_jax.distill.protocol import ChatClient
 from comd_jax.serve.client import ItemSkipped, user_message
@@ -56,24 +57,6 @@ class Augmentor(Protocol):
     async def propose(self, seeds: Sequence[PoolEntry], round_index: int, images: dict) -> list:
         """Candidates grown from `seeds` (images: seed id → data URLs for the LLM path)."""
         ...
-
-
-class RougeFilter:
-    """Keeps instructions whose ROUGE-L to everything seen so far is at most `limit`."""
-
-    def __init__(self, existing: Sequence[str], limit: float = 0.7):
-        from rouge_score import rouge_scorer
-
-        self.scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-        self.limit = limit
-        self.seen = [s for s in existing if s]
-
-    def admit(self, text: str) -> bool:
-        for other in self.seen:
-            if self.scorer.score(other, text)["rougeL"].fmeasure > self.limit:
-                return False
-        self.seen.append(text)
-        return True
 
 
 def clean(text: str) -> str:
@@ -171,8 +154,9 @@ class LLMAugmentor:
 
 def filter_novel(candidates: Sequence[Candidate], pool_instructions: Sequence[str], limit: float = 0.7):
     """(kept, dropped count): ROUGE-L against the pool and against each other."""
-    rouge = RougeFilter([strip_image_token(s) for s in pool_instructions], limit)
-    kept = [c for c in candidates if rouge.admit(strip_image_token(c.instruction))]
+    mask = rouge.novel([strip_image_token(c.instruction) for c in candidates],
+                       [strip_image_token(s) for s in pool_instructions], limit)
+    kept = [c for c, ok in zip(candidates, mask) if ok]
     return kept, len(candidates) - len(kept)
 
 
