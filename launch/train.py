@@ -7,6 +7,8 @@ under SLURM's srun nothing more (or `--coordinator_address --num_processes
 Thin on purpose: it parses flags and calls the library. The config is locked,
 so a mistyped override is an error that names the key.
 """
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -39,7 +41,16 @@ def main(argv):
         logging.warning("config.model: %d field(s) taken from config.init_from's config.json:\n  %s",
                         len(changed), "\n  ".join(changed))
     compile_cache.enable(config, workdir)  # before anything compiles
-    comd_jax.run.run(config, workdir)
+    from comd_jax.serve.client import RequestRejected, TeacherUnavailable
+
+    try:
+        comd_jax.run.run(config, workdir)
+    except (RequestRejected, TeacherUnavailable, ConnectionError) as e:
+        # An endpoint's fault, not ours: its message and request id, without our stack. Every
+        # finished item is on disk, so the same command resumes once the endpoint is fixed.
+        sys.exit(f"train.py: stopped: {type(e).__name__}: {e}\n"
+                 f"Everything finished so far is kept in {workdir}; fix the endpoint (or the request) and "
+                 f"rerun the same command to resume.")
 
 
 if __name__ == "__main__":

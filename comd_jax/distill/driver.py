@@ -113,7 +113,7 @@ def _check(config, workdir: str) -> None:
 
 def run_comd(config, workdir: str) -> dict:
     from comd_jax.distill import evaluation
-    from comd_jax.distill.endpoint import TeacherEndpoint
+    from comd_jax.distill.endpoint import TeacherEndpoint, snapshot
     from comd_jax.distill.job import Job
     from comd_jax.distill.kinds import kind_for
     from comd_jax.distill.student import LocalStudent
@@ -124,6 +124,7 @@ def run_comd(config, workdir: str) -> dict:
     _check(config, workdir)
     section = evaluation.eval_section(config)  # its files are checked before any compute
     os.makedirs(workdir, exist_ok=True)
+    snapshot(config, workdir)  # what ran, whatever the teacher is (no key: keys live in the environment)
     job = Job.start(config, workdir)
     kind = kind_for(job)
     student = LocalStudent(job, kind.pool.image_root)
