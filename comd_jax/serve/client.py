@@ -3,7 +3,8 @@ augmentor, against any OpenAI-compatible base URL (our server, vLLM, ...).
 
 - `ChatClient.chat(messages, **params)` → list of `Choice` (text and finish
   reason, which the augmentor's truncation filter reads) (async); `chat_many`
-  runs many at once under a concurrency limit; `*_sync` wrap both.
+  runs many at once; `*_sync` wrap both. All calls in one event loop share one
+  session (kept-alive connections) and at most `max_concurrency` requests in flight.
 - Timeouts per request; retries with exponential backoff on connection errors,
   timeouts, 429 and 5xx, waiting at least what a `Retry-After` header asks;
   then `TeacherUnavailable` naming the URL and the last cause.
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from typing import Optional, Sequence
 
 import aiohttp
@@ -170,10 +172,33 @@ class ClientConfig:
     backoff_s: float = 0.5  # doubles each retry
 
 
+async def _closing(session):
+    """Held while its loop runs: `asyncio.run` finalizes live async generators before it closes
+    the loop, and this one then closes the session."""
+    try:
+        yield
+    finally:
+        await session.close()
+
+
 class ChatClient:
     def __init__(self, config: ClientConfig):
         self.config = config
         self.url = config.base_url.rstrip("/") + "/chat/completions"
+        # One session (kept-alive connections) and one concurrency limit per event loop, shared by
+        # every call in it: a session per request paid a connection per request.
+        self._per_loop = weakref.WeakKeyDictionary()
+
+    async def _shared(self):
+        loop = asyncio.get_running_loop()
+        got = self._per_loop.get(loop)
+        if got is None or got[0].closed:
+            session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.config.timeout_s),
+                                            connector=aiohttp.TCPConnector(limit=0))
+            holder = _closing(session)
+            await holder.__anext__()
+            got = self._per_loop[loop] = (session, asyncio.Semaphore(self.config.max_concurrency), holder)
+        return got[0], got[1]
 
     def _headers(self) -> dict:
         return {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
@@ -219,10 +244,9 @@ class ChatClient:
         """[(messages, params dict)] → [[Choice]], in order; all at once, at most
         `max_concurrency` in flight. With `skipped_ok`, an item whose answer is unusable
         gets its `ItemSkipped` in its place instead of failing the batch."""
-        semaphore = asyncio.Semaphore(self.config.max_concurrency)
-        timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
+        session, semaphore = await self._shared()
 
-        async def one(session, m, p):
+        async def one(m, p):
             try:
                 return await self._post(session, semaphore, {"model": self.config.model, "messages": list(m), **p})
             except ItemSkipped as e:
@@ -230,8 +254,7 @@ class ChatClient:
                     return e
                 raise
 
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            return list(await asyncio.gather(*(one(session, m, p) for m, p in requests)))
+        return list(await asyncio.gather(*(one(m, p) for m, p in requests)))
 
     async def chat(self, messages, **params) -> list:
         return (await self.chat_many([(messages, params)]))[0]
