@@ -78,3 +78,29 @@ def test_text_only_round_trip(tmp_path):
     assert theirs.config.tie_word_embeddings
     ids = np.random.default_rng(3).integers(0, H.VOCAB, (2, 20))
     assert H.rel_err(ours.logits(ids), H.torch_logits(theirs, ids)) < 1e-4
+
+
+def test_llava_export_carries_the_processor_servers_load(llava, tmp_path):
+    """transformers serve and vLLM load the directory with AutoProcessor; without
+    processor_config.json (patch size, feature selection) LlavaProcessor cannot expand
+    `<image>` and every image request failed with a 500."""
+    from PIL import Image
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoProcessor, CLIPImageProcessor, PreTrainedTokenizerFast
+
+    save_pretrained(llava, str(tmp_path))
+    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", *(f"w{i}" for i in range(3, H.IMAGE_TOKEN)),
+                                         "<image>"])}
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                  extra_special_tokens={"image_token": "<image>"})
+    tok.save_pretrained(tmp_path)
+    CLIPImageProcessor(size={"shortest_edge": H.IMAGE_SIZE},
+                       crop_size={"height": H.IMAGE_SIZE, "width": H.IMAGE_SIZE}).save_pretrained(tmp_path)
+    processor = AutoProcessor.from_pretrained(tmp_path)
+    assert type(processor).__name__ == "LlavaProcessor"
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (24, 20, 3), dtype=np.uint8))
+    batch = processor(text="<image>\nw5 w6", images=image, return_tensors="np")
+    assert int((batch["input_ids"] == H.IMAGE_TOKEN).sum()) == llava.cfg.num_image_tokens == H.PATCHES
+    assert batch["pixel_values"].shape[-2:] == (H.IMAGE_SIZE, H.IMAGE_SIZE)

@@ -273,6 +273,18 @@ def _to_theirs(entry: layouts.Entry, array: np.ndarray, channels: int) -> np.nda
     return array
 
 
+def _write_processor_config(cfg: VLMConfig, directory: str) -> None:
+    """LlavaProcessor's settings, as llava-hf's directories carry them: without them a server that
+    loads the directory with AutoProcessor (transformers serve, vLLM) cannot expand `<image>`
+    into the image's tokens."""
+    import json
+
+    settings = {"processor_class": "LlavaProcessor", "image_token": "<image>", "patch_size": cfg.vision.patch_size,
+                "vision_feature_select_strategy": cfg.select_strategy, "num_additional_image_tokens": 1}  # CLS
+    with open(os.path.join(directory, "processor_config.json"), "w") as f:
+        json.dump(settings, f, indent=2)
+
+
 def save_pretrained(model: VLM, directory: str, *, max_shard_bytes: int = 5 * 2**30, dtype=None) -> None:
     """Write config.json + safetensors that transformers' `from_pretrained` loads.
 
@@ -288,6 +300,8 @@ def save_pretrained(model: VLM, directory: str, *, max_shard_bytes: int = 5 * 2*
     os.makedirs(directory, exist_ok=True)
     if jax.process_index() == 0:
         hf_cfg.save_pretrained(directory)
+        if cfg.vision is not None:
+            _write_processor_config(cfg, directory)
     flat = flatten_dict(nnx.state(model).to_pure_dict())
     out_dtype = dtype_of(dtype) if dtype else None
     channels = cfg.vision.num_channels if cfg.vision else 3

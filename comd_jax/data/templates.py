@@ -150,22 +150,39 @@ class _JinjaWriter:
         system_block = self._expr(t.system_format, system="ns.system")
         if t.image_only_user:
             content = f"{IMAGE_PLACEHOLDER!r} * message['content'].count({IMAGE_PLACEHOLDER!r})"
+            from_parts = "ns.images"
         else:
             content = "message['content']"
+            from_parts = "ns.images + ns.text"
+        # OpenAI-style content parts, as servers (transformers serve, vLLM) pass them: each image
+        # part is a placeholder line before the text, as LLaVA writes "<image>\n" + question.
+        parts = (
+            "{%- set ns.images = '' -%}{%- set ns.text = '' -%}"
+            "{%- for part in message['content'] -%}"
+            "{%- if part['type'] in ('image', 'image_url', 'input_image') -%}"
+            f"{{%- set ns.images = ns.images + {IMAGE_PLACEHOLDER + chr(10)!r} -%}}"
+            "{%- elif part['type'] == 'text' -%}{%- set ns.text = ns.text + part['text'] -%}{%- endif -%}"
+            "{%- endfor -%}"
+        )
+        if t.image_only_user:
+            parts = parts.replace(repr(IMAGE_PLACEHOLDER + chr(10)), repr(IMAGE_PLACEHOLDER))
         generation_prefix = t.generation_prefix
         if generation_prefix is None:
             generation_prefix = t.assistant_prefix.rstrip(" ")
         return (
-            "{%- set ns = namespace(system=" + repr(t.system) + ") -%}\n"
+            "{%- set ns = namespace(system=" + repr(t.system) + ", images='', text='') -%}\n"
             "{%- if messages and messages[0]['role'] == 'system' -%}"
-            "{%- set ns.system = messages[0]['content'] -%}"
+            "{%- if messages[0]['content'] is string -%}{%- set ns.system = messages[0]['content'] -%}"
+            "{%- else -%}{%- set ns.system = messages[0]['content'] | selectattr('type', 'equalto', 'text') "
+            "| map(attribute='text') | join('') -%}{%- endif -%}"
             "{%- set loop_messages = messages[1:] -%}"
             "{%- else -%}{%- set loop_messages = messages -%}{%- endif -%}\n"
             "{%- if ns.system -%}{%- set system_block = " + system_block + " -%}"
             "{%- else -%}{%- set system_block = '' -%}{%- endif -%}\n"
             "{{- " + self._expr(t.prefix) + " -}}\n"
             "{%- for message in loop_messages -%}\n"
-            "{%- set content = " + content + " -%}\n"
+            "{%- if message['content'] is string -%}{%- set content = " + content + " -%}"
+            "{%- else -%}" + parts + "{%- set content = " + from_parts + " -%}{%- endif -%}\n"
             "{%- if message['role'] == 'user' and loop.first -%}"
             "{{- " + self._expr(t.first_user_format) + " -}}\n"
             "{%- elif message['role'] == 'user' -%}"
