@@ -45,6 +45,8 @@ setup(
     version="0.1.0",
     description="Competitive Multi-modal Distillation (CoMD) of LLaVA-style models in JAX/Flax NNX",
     packages=find_packages(include=["comd_jax", "comd_jax.*"]),
+    # The offline world's teacher, a transformers LLaVA directory (comd_jax/distill/world_teacher.py).
+    package_data={"comd_jax": ["assets/world_teacher/*"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},

@@ -146,7 +146,7 @@ def _offline(text_width, layers, vision_width, vision_layers, patch_size=8):
 
 
 def get_config(arg: str = "default") -> ml_collections.ConfigDict:
-    presets = {"default": _default, "smoke": _smoke, "paper": _paper, "ablation": _ablation}
+    presets = {"default": _default, "smoke": _smoke, "paper": _paper, "ablation": _ablation, "teacher": _teacher}
     if arg not in presets:
         raise ValueError(f"unknown preset {arg!r}; choose one of {sorted(presets)}")
     config = presets[arg]()
@@ -271,4 +271,17 @@ def _ablation():
         seeds=(0, 1, 2),
         # variant name -> config overrides; plain: no assessment-driven augmentation, no competitive targets
         variants=dict(comd=dict(), plain=dict(distill=dict(seed_policy="random", competitive=False)))))
+    return c
+
+
+def _teacher():
+    """The world teacher alone, from scratch, by the ablation's recipe (its world, 4 px patches,
+    300 + 1200 steps at 3e-4, seed 0): `python launch/train.py --config=configs/comd.py:teacher
+    --workdir=DIR`. Its last stage's checkpoint is the teacher; comd_jax.distill.world_teacher
+    exports it as the transformers directory the package ships."""
+    c = _ablation()
+    del c.ablation
+    c.model = ml_collections.ConfigDict(c.teacher.to_dict())
+    c.stages = tuple(c.teacher_stages)
+    c.distill.rounds = 0
     return c

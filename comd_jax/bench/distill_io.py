@@ -103,21 +103,19 @@ def run_phases(port: int, items: int, concurrency: int, image_px: int, workdir: 
                        tune=lambda r, path: None, images_of=lambda e: [image] if image else [])
     loop = Loop(DistillConfig(concurrency=concurrency, max_new_per_round=items), workdir, parts)
     loop.seed_pool(entries)
+    def timed(phase):
+        served, start = _requests_served(port), time.perf_counter()
+        summary = phase()
+        seconds, n = time.perf_counter() - start, _requests_served(port) - served
+        return summary, {"requests": n, "seconds": seconds, "req_per_s": n / seconds}
+
     out = {}
-    served = _requests_served(port)
-    start = time.perf_counter()
-    summary = loop._assess(0)
-    seconds = time.perf_counter() - start
-    n = _requests_served(port) - served
-    out["assess"] = {"requests": n, "seconds": seconds, "req_per_s": n / seconds, "assessed": summary["assessed"]}
+    summary, out["assess"] = timed(lambda: loop._assess(0))
+    out["assess"]["assessed"] = summary["assessed"]
     with open(loop.path("selection.json", 0), "w") as f:  # every item a seed
         json.dump({"hard": [e.id for e in entries], "easy_kept": [], "student_wins": [], "excluded": []}, f)
-    served = _requests_served(port)
-    start = time.perf_counter()
-    summary = loop._augment(0)
-    seconds = time.perf_counter() - start
-    n = _requests_served(port) - served
-    out["augment"] = {"requests": n, "seconds": seconds, "req_per_s": n / seconds, "added": summary["added"]}
+    summary, out["augment"] = timed(lambda: loop._augment(0))
+    out["augment"]["added"] = summary["added"]
     return out
 
 
