@@ -57,7 +57,9 @@ def _world(config, workdir: str) -> StageData:
     eval_spec = dataclasses.replace(spec, seed=spec.seed + 7919, num_captions=d.num_heldout, num_instructions=8,
                                     num_heldout=8)
     root = world_dir(workdir)
-    files = prepare_world_once(root, spec, eval_spec, vocab_size=d.vocab_size, in_workdir="://" not in workdir)
+    # data.tokenizer: the world's text in a given model's tokens (the shipped teacher's), none trained.
+    files = prepare_world_once(root, spec, eval_spec, vocab_size=d.vocab_size, in_workdir="://" not in workdir,
+                               tokenizer_dir=_existing_tokenizer(d.get("tokenizer", "")))
 
     def source(split, folder=None):
         if split == HELDOUT_CAPTIONS:
@@ -67,7 +69,14 @@ def _world(config, workdir: str) -> StageData:
     return StageData(files.tokenizer_dir, images.ImageProcessorConfig(size=spec.image_size), source)
 
 
-def prepare_world_once(root: str, spec, eval_spec, *, vocab_size: int, in_workdir: bool):
+def _existing_tokenizer(path: str):
+    if path and not os.path.isfile(os.path.join(path, "tokenizer.json")):
+        raise FileNotFoundError(f"config.data.tokenizer={path!r}: no tokenizer.json there")
+    return path or None
+
+
+def prepare_world_once(root: str, spec, eval_spec, *, vocab_size: int, in_workdir: bool,
+                       tokenizer_dir: str | None = None):
     """The offline world in `root` (and its held-out captions, `root/tfds_heldout`), built once
     per job; returns `prepare.prepare_world`'s files. Every process of the job calls it.
 
@@ -89,7 +98,7 @@ def prepare_world_once(root: str, spec, eval_spec, *, vocab_size: int, in_workdi
 
     def build():
         with _host_lock(root):
-            files = prepare.prepare_world(root, spec, vocab_size=vocab_size)
+            files = prepare.prepare_world(root, spec, vocab_size=vocab_size, tokenizer_dir=tokenizer_dir)
             builder.build(eval_spec, os.path.join(root, "tfds_heldout"))
         return files
 

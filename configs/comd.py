@@ -4,14 +4,16 @@ Lists are tuples so every field can be overridden on the command line,
 e.g. --config.stages="('tune',)".
 
 Launch (offline default):   python launch/train.py --config=configs/comd.py
-Presets via the argument:   --config=configs/comd.py:smoke | :paper | :ablation
+Presets via the argument:   --config=configs/comd.py:smoke | :paper | :ablation | :teacher
 
-- default: the offline synthetic world, tiny student and 4x larger teacher, CPU-sized.
-- smoke: the smallest size that still exercises every phase (CI).
+- default: the offline synthetic world, a tiny student and the shipped world teacher (4x its
+  parameters, comd_jax/assets/world_teacher), served from distill.teacher_checkpoint; CPU-sized.
+- smoke: the smallest size that still exercises every phase, with a tiny teacher of its own (CI).
 - paper: Vicuna-7B + CLIP ViT-L/14-336 + mlp2x_gelu student, LLaVA-1.5-13B teacher,
   LLaVA-1.5 recipes (stage 1: lr 1e-3, batch 256; tuning: lr 2e-5, batch 128, cosine, 3% warmup).
 - ablation: CoMD vs plain distillation on the world's generator with 24000 instructions and a longer-trained
   teacher (about 80 min for 3 seeds; outside the default run's 15-minute budget).
+- teacher: the shipped world teacher rebuilt from scratch (then python -m comd_jax.distill.world_teacher).
 
 LoRA instead of full LLM tuning (when memory is short):
   --config.model.lora_rank=128 --config.model.lora_alpha=256 \
@@ -22,6 +24,8 @@ Memory check before renting a pod:
   python -m comd_jax.bench.compile_check --config=configs/comd.py:paper --topology=v5p-8
 """
 import ml_collections
+
+from comd_jax.distill.world_teacher import SHIPPED as WORLD_TEACHER
 
 VICUNA_7B = dict(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32,
                  num_kv_heads=32, rms_norm_eps=1e-5, max_position_embeddings=4096, rope=dict(theta=10000.0))
@@ -128,8 +132,8 @@ def _serve(**kw):
 
 
 def _caption_stage(**kw):
-    return _stage(template="plain", data="captions", eval_data="heldout_captions", length_buckets=(48,),
-                  **kw)  # captions: 23-43 tokens
+    return _stage(**{"template": "plain", "data": "captions", "eval_data": "heldout_captions",
+                     "length_buckets": (48,), **kw})  # captions: 23-43 tokens at 8 px
 
 
 def _offline(text_width, layers, vision_width, vision_layers, patch_size=8):
@@ -157,10 +161,14 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
 def _default():
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.model = _offline(128, 4, 64, 2)  # student
-    c.teacher = _offline(256, 6, 128, 3)  # ~4x the student's parameters
+    # 4 px patches (64 image tokens): with 8 px ones no model read colours from the pixels.
+    c.model = _offline(128, 4, 64, 2, patch_size=4)  # student
+    # The shipped world teacher's shape (~4x the student's parameters): it is a given model here, as
+    # LLaVA-13B is for a user, served from distill.teacher_checkpoint (built by the :teacher preset).
+    c.teacher = _offline(256, 6, 128, 3, patch_size=4)
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, recipe="fsdp"))
-    c.data = _world_data()
+    # The world in the teacher's tokens: its tokenizer, not one trained on this world's text.
+    c.data = _world_data(tokenizer=WORLD_TEACHER)
     # Starting weights: a transformers-format directory ("" = random, as the offline world wants),
     # plus a CLIP directory when init_from is a plain Llama/Vicuna.
     c.init_from, c.init_vision_from, c.init_required = "", "", False
@@ -171,17 +179,25 @@ def _default():
     # the world's captions to give the student a vision tower and an LLM; then the
     # paper's recipe: stage 1 (projector only), instruction tuning (projector + LLM).
     c.stages = ("stage0", "stage1", "tune")
-    c.stage0 = _caption_stage(learning_rate=1e-3, trainable=(".*",), global_batch=16, total_steps=300)
-    c.stage1 = _caption_stage(learning_rate=1e-3, trainable=("projector/.*",), global_batch=16, total_steps=50)
-    c.tune = _stage(learning_rate=1e-3, global_batch=16, total_steps=300)
-    # The tiny teacher: trained once on the world (same stages, all parts), cached in the workdir.
+    c.stage0 = _caption_stage(learning_rate=1e-3, trainable=(".*",), global_batch=16, total_steps=300,
+                              length_buckets=(96,))  # captions: 71-91 tokens with 64 image tokens
+    c.stage1 = _caption_stage(learning_rate=1e-3, trainable=("projector/.*",), global_batch=16, total_steps=50,
+                              length_buckets=(96,))
+    c.tune = _stage(learning_rate=1e-3, global_batch=16, total_steps=300,
+                    length_buckets=(128, 176))  # instructions: 111-173 tokens
+    # A teacher trained in the run instead (distill.teacher_checkpoint=""; the smoke preset's): these
+    # stages, all parts, cached in the workdir.
     c.teacher_stages = ("teacher_pretrain", "teacher_tune")
     c.teacher_seed = -1  # -1: config.seed; the ablation fixes it so that every seed shares one teacher
-    c.teacher_pretrain = _caption_stage(learning_rate=1e-3, trainable=(".*",), global_batch=16, total_steps=150)
-    c.teacher_tune = _stage(learning_rate=1e-3, trainable=(".*",), global_batch=16, total_steps=320)
+    c.teacher_pretrain = _caption_stage(learning_rate=1e-3, trainable=(".*",), global_batch=16, total_steps=150,
+                                        length_buckets=(96,))
+    c.teacher_tune = _stage(learning_rate=1e-3, trainable=(".*",), global_batch=16, total_steps=320,
+                            length_buckets=(128, 176))
     # Each round's instruction tuning of the student on the train pool.
-    c.round_tune = _stage(learning_rate=3e-4, global_batch=16, total_steps=60, data="", eval_data="")
-    c.distill = _distill()
+    c.round_tune = _stage(learning_rate=3e-4, global_batch=16, total_steps=60, data="", eval_data="",
+                          length_buckets=(128, 176))
+    # Every held-out example scored every round (50 per skill).
+    c.distill = _distill(teacher_checkpoint=WORLD_TEACHER, eval_limit=450)
     c.eval = _eval()
     c.serve = _serve()
     return c
@@ -191,6 +207,12 @@ def _smoke():
     c = _default()
     c.model = _offline(64, 2, 32, 1)
     c.teacher = _offline(128, 2, 64, 1)
+    # A tiny teacher of its own, trained in seconds, on a world with its own tokenizer; 8 px patches.
+    c.distill.teacher_checkpoint, c.data.tokenizer = "", ""
+    for name in ("stage0", "stage1", "teacher_pretrain"):
+        c[name].length_buckets = (48,)  # captions: 23-43 tokens with 16 image tokens
+    for name in ("tune", "teacher_tune", "round_tune"):
+        c[name].length_buckets = (80, 128)  # instructions: 63-125 tokens
     c.data.update(dict(num_captions=64, num_instructions=64, num_heldout=16))
     # The teacher gets enough steps to answer in words (an untrained one emits only specials).
     for name, steps in (("stage0", 4), ("stage1", 2), ("tune", 4), ("teacher_pretrain", 4), ("teacher_tune", 40),
@@ -243,6 +265,8 @@ def _ablation():
     """CoMD vs plain distillation, several seeds, with a longer-trained teacher:
     `python -m comd_jax.distill.ablation --config=configs/comd.py:ablation --workdir=DIR`."""
     c = _default()
+    # Trains its teacher in the run (the recipe configs/comd.py:teacher ships), on its own world's tokenizer.
+    c.distill.teacher_checkpoint, c.data.tokenizer = "", ""
     # A teacher that knows more than the student: the default one (~7 min) barely beats the
     # warm-up student. This one trains once, outside the default run's 15-minute budget, on
     # fresh instructions (more unique data helps more than epochs; README), shared by every run.

@@ -164,18 +164,31 @@ def test_teacher_heldout_is_evaluated_once_per_checkpoint_world_and_limit(tmp_pa
         calls.append(1)
         return {"models": {"teacher": {"scores": {"mean": 40.0 + len(calls)}}}}
 
-    assert teacher_heldout(config, str(first / "teacher_tune"), spec, evaluate)["models"]["teacher"]["scores"] == \
+    assert teacher_heldout(config, str(first / "teacher_tune"), spec, evaluate, str(tmp_path / "run"))["models"]["teacher"]["scores"] == \
         {"mean": 41.0}
-    again = teacher_heldout(config, str(linked / "teacher_tune"), spec, evaluate)  # another run, same teacher
+    again = teacher_heldout(config, str(linked / "teacher_tune"), spec, evaluate, str(tmp_path / "run"))  # another run, same teacher
     assert len(calls) == 1 and again["models"]["teacher"]["scores"]["mean"] == 41.0
     config.distill.eval_limit = 5
-    assert teacher_heldout(config, str(linked / "teacher_tune"), spec, evaluate)["models"]["teacher"]["scores"] == \
+    assert teacher_heldout(config, str(linked / "teacher_tune"), spec, evaluate, str(tmp_path / "run"))["models"]["teacher"]["scores"] == \
         {"mean": 42.0}
-    teacher_heldout(config, str(first / "teacher_tune"), world.WorldSpec(seed=1, num_heldout=9), evaluate)
+    teacher_heldout(config, str(first / "teacher_tune"), world.WorldSpec(seed=1, num_heldout=9), evaluate, str(tmp_path / "run"))
     assert len(calls) == 3
     (first / "teacher_tune" / "1500").mkdir()  # trained further: another teacher
-    teacher_heldout(config, str(first / "teacher_tune"), world.WorldSpec(seed=1, num_heldout=9), evaluate)
+    teacher_heldout(config, str(first / "teacher_tune"), world.WorldSpec(seed=1, num_heldout=9), evaluate, str(tmp_path / "run"))
     assert len(calls) == 4
     # A workdir in an object store (rounds=0 allows gs://) has no folder to keep the file in.
-    teacher_heldout(config, "gs://bucket/run/checkpoints/teacher_tune", spec, evaluate)
+    teacher_heldout(config, "gs://bucket/run/checkpoints/teacher_tune", spec, evaluate, str(tmp_path / "run"))
     assert len(calls) == 5
+    # A given teacher (a transformers directory, e.g. the package's, maybe read-only): its file goes in
+    # the run's workdir, never beside it.
+    given = tmp_path / "site-packages" / "world_teacher"
+    given.mkdir(parents=True)
+    (given / "config.json").write_text("{}")
+    before = sorted(os.listdir(tmp_path / "site-packages"))
+    teacher_heldout(config, str(given), spec, evaluate, str(tmp_path / "run"))
+    teacher_heldout(config, str(given), spec, evaluate, str(tmp_path / "run"))
+    assert len(calls) == 6 and sorted(os.listdir(tmp_path / "site-packages")) == before
+    assert [n for n in os.listdir(tmp_path / "run" / "checkpoints") if n.startswith("teacher_heldout_")]
+    (given / "config.json").write_text('{"changed": 1}')  # another teacher in the same place
+    teacher_heldout(config, str(given), spec, evaluate, str(tmp_path / "run"))
+    assert len(calls) == 7

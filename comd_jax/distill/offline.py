@@ -95,7 +95,7 @@ class WorldEvaluator:
         scores = {}
         if multihost.is_writer():  # only process 0 talks to the endpoint
             result = teacher_heldout(job.config, self.teacher_checkpoint, self.spec,
-                                     lambda: self._scores("teacher", answerer))
+                                     lambda: self._scores("teacher", answerer), job.workdir)
             scores = result["models"]["teacher"]["scores"]
         model = load_model(self.teacher_cfg, self.teacher_checkpoint, job.mesh, job.recipe)  # Orbax or transformers
         return {"scores": scores, "image_reliance": image_reliance(model, self._heldout(self.teacher_cfg))}
@@ -110,18 +110,26 @@ class WorldEvaluator:
                 "image_reliance": image_reliance(answerer.model, self._heldout(student.cfg))}
 
 
-def teacher_heldout(config, teacher_ckpt: str, spec, evaluate) -> dict:
+def teacher_heldout(config, teacher_ckpt: str, spec, evaluate, workdir: str) -> dict:
     """The teacher's held-out evaluation, computed once per teacher checkpoint, world and answer
-    settings, and kept beside the checkpoint's real folder. The runs of an ablation link the first
-    run's teacher, so they share the file; at 2700 held-out examples that saves minutes a run."""
+    settings. A checkpoint the run trained is scored into a file beside its real folder: the runs
+    of an ablation link the first run's teacher, so they share it (at 2700 held-out examples that
+    saves minutes a run). A given teacher (a transformers directory, e.g. the package's) is
+    never written beside: its file goes in WORKDIR/checkpoints."""
     if "://" in teacher_ckpt or not os.path.isdir(teacher_ckpt):  # an object store: no side files
         return evaluate()
     real = os.path.realpath(teacher_ckpt)
     steps = sorted((d, os.stat(os.path.join(real, d)).st_mtime_ns) for d in os.listdir(real) if d.isdigit())
+    given = os.path.isfile(os.path.join(real, "config.json"))
     key = json.dumps({"checkpoint": real, "steps": steps, "spec": dataclasses.asdict(spec),
-                      "limit": config.distill.eval_limit, "max_new_tokens": config.distill.answer_max_tokens},
-                     sort_keys=True)
-    path = f"{real}_heldout_{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+                      "limit": config.distill.eval_limit, "max_new_tokens": config.distill.answer_max_tokens,
+                      **({"files": _sha256s(real)} if given else {})}, sort_keys=True)
+    name = hashlib.sha256(key.encode()).hexdigest()[:16]
+    if given:
+        os.makedirs(os.path.join(workdir, "checkpoints"), exist_ok=True)
+        path = os.path.join(workdir, "checkpoints", f"teacher_heldout_{name}.json")
+    else:
+        path = f"{real}_heldout_{name}.json"
     # Every process decides alike (the file predates this run or is absent for all), so the
     # collective evaluation runs on all of them or on none.
     if os.path.exists(path):
@@ -135,6 +143,29 @@ def teacher_heldout(config, teacher_ckpt: str, spec, evaluate) -> dict:
     return result
 
 
+def _sha256s(directory: str) -> dict:
+    """A given teacher's identity: its manifest's sha256s when it has one (already verified), else
+    its files' sizes and times (cheap; a changed file changes them)."""
+    from comd_jax.distill import world_teacher
+
+    manifest = os.path.join(directory, world_teacher.MANIFEST)
+    if os.path.isfile(manifest):
+        with open(manifest) as f:
+            return json.load(f)["files"]
+    return {n: [os.stat(os.path.join(directory, n)).st_size, os.stat(os.path.join(directory, n)).st_mtime_ns]
+            for n in sorted(os.listdir(directory)) if os.path.isfile(os.path.join(directory, n))}
+
+
+def given_teacher_matches_world(job: Job, checkpoint: str) -> None:
+    """An exported world teacher (the shipped one): its files' sha256 on load, then its world
+    against this run's, before any compute that would be wasted on a mismatch."""
+    from comd_jax.distill import world_teacher
+
+    if "://" not in checkpoint and os.path.isfile(os.path.join(checkpoint, world_teacher.MANIFEST)):
+        manifest = world_teacher.verify(checkpoint)
+        world_teacher.check_world(manifest, job.config, job.data.tokenizer_dir)
+
+
 def world_kind(job: Job) -> Kind:
     """The world's parts; trains (or restores) its teacher first."""
     from comd_jax.distill.augment import ProceduralAugmentor
@@ -144,6 +175,7 @@ def world_kind(job: Job) -> Kind:
     # A teacher of the user's (distill.teacher_checkpoint) stands in for the world's own.
     checkpoint, summaries = (config.distill.teacher_checkpoint, []) if config.distill.get("teacher_checkpoint", "") \
         else train_teacher(job)
+    given_teacher_matches_world(job, checkpoint)
     pool = WorldPool(os.path.join(stages_lib.world_dir(job.workdir), "llava"), config.distill.pool_size)
     spec = stages_lib.world_spec(config.data)
     return Kind(

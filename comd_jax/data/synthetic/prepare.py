@@ -41,8 +41,11 @@ CONTENT_FIELDS = ("seed", "image_size", "max_objects", "skills", "vocab_size")
 
 
 def prepare_world(
-    out_dir: str, spec: world.WorldSpec = world.WorldSpec(), *, vocab_size: int = 1024
+    out_dir: str, spec: world.WorldSpec = world.WorldSpec(), *, vocab_size: int = 1024,
+    tokenizer_dir: str | None = None,
 ) -> WorldFiles:
+    """The world's files in `out_dir`, built once. With `tokenizer_dir` (a given model's
+    tokenizer, e.g. the shipped world teacher's) the world trains none of its own."""
     from comd_jax.data.synthetic import builder  # TFDS import only when building it
 
     wanted = json.loads(json.dumps({**dataclasses.asdict(spec), "vocab_size": vocab_size}))
@@ -65,7 +68,7 @@ def prepare_world(
     exported = (recorded is not None and recorded != wanted) or not all(map(os.path.exists, llava_json.values()))
     if exported:
         llava_json = export.export_llava(spec, llava_dir)
-    tokenizer_dir = os.path.join(out_dir, "tokenizer")
+    tokenizer_dir = tokenizer_dir or os.path.join(out_dir, "tokenizer")
     if not os.path.exists(os.path.join(tokenizer_dir, "tokenizer.json")):
         with atomic.directory(tokenizer_dir) as tmp:  # several files: a killed build leaves none of them
             tokenizer.build_world_tokenizer(spec, tmp, vocab_size=vocab_size)
