@@ -221,7 +221,11 @@ def write_report(workdir: str, kind, results: dict, warm_up: list) -> None:
     by_round.update({str(e["round"]): {"student": flat(e["student"], names), "teacher": teacher}
                      for e in results["rounds"]})
     if names:
-        write_round_report(by_round, report_dir, title=kind.title, headline=headline(names))
+        from comd_jax.eval import race
+
+        results = {**results, "race": race.race(by_round, headline(names))}
+        write_round_report(by_round, report_dir, title=kind.title, headline=headline(names),
+                           summary=race.first_screen(results["race"]))
     else:
         from comd_jax import atomic
 

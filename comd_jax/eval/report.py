@@ -67,7 +67,7 @@ def round_table(results_by_round: plots.Scores, model: str) -> str:
 
 
 def write_round_report(results_by_round: plots.Scores, out_dir: str, *, title: str = "Scores by round",
-                       headline: str = "mean") -> dict[str, str]:
+                       headline: str = "mean", summary: str = "") -> dict[str, str]:
     """report.md (a table per model, last round side by side) + score_by_round.png,
     per_skill.png and last_round.png. `results_by_round`: {round: {model: {metric: value}}}, in order."""
     if not results_by_round:
@@ -81,7 +81,7 @@ def write_round_report(results_by_round: plots.Scores, out_dir: str, *, title: s
         "last_round": plots.plot_models_side_by_side(results_by_round[last], os.path.join(out_dir, "last_round.png"),
                                                      title=f"round {last}"),
     }
-    parts = [f"# {title}\n\n"]
+    parts = [f"# {title}\n\n", summary]  # the first screen (comd_jax.eval.race), then the tables
     for model in plots.models_of(results_by_round):
         parts += [f"## {model}\n\n", round_table(results_by_round, model), "\n"]
     parts += [f"## Round {last}, side by side\n\n", scores_table(results_by_round[last]), "\n"]
