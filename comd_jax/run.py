@@ -28,7 +28,13 @@ def run(config, workdir: str) -> dict:
         from comd_jax.distill.driver import run_comd
 
         return run_comd(config, workdir)
-    return run_stages(config, workdir)
+    out = run_stages(config, workdir)
+    if config.get("world_teacher_out", ""):  # configs/comd.py:teacher: the trained model, exported and scored
+        from comd_jax.distill import world_teacher
+
+        if jax.process_index() == 0:
+            world_teacher.export_and_measure(config, workdir, config.world_teacher_out)
+    return out
 
 
 def run_stages(config, workdir: str) -> dict:

@@ -13,7 +13,7 @@ Presets via the argument:   --config=configs/comd.py:smoke | :paper | :ablation 
   LLaVA-1.5 recipes (stage 1: lr 1e-3, batch 256; tuning: lr 2e-5, batch 128, cosine, 3% warmup).
 - ablation: CoMD vs plain distillation on the world's generator with 24000 instructions and a longer-trained
   teacher (about 80 min for 3 seeds; outside the default run's 15-minute budget).
-- teacher: the shipped world teacher rebuilt from scratch (then python -m comd_jax.distill.world_teacher).
+- teacher: the shipped world teacher rebuilt from scratch, exported and scored (world_teacher_out).
 
 LoRA instead of full LLM tuning (when memory is short):
   --config.model.lora_rank=128 --config.model.lora_alpha=256 \
@@ -301,11 +301,13 @@ def _ablation():
 def _teacher():
     """The world teacher alone, from scratch, by the ablation's recipe (its world, 4 px patches,
     300 + 1200 steps at 3e-4, seed 0): `python launch/train.py --config=configs/comd.py:teacher
-    --workdir=DIR`. Its last stage's checkpoint is the teacher; comd_jax.distill.world_teacher
-    exports it as the transformers directory the package ships."""
+    --workdir=DIR`. The run then exports its last stage's checkpoint to `world_teacher_out` as
+    the transformers directory the package ships, and scores it (comd_jax.distill.world_teacher)."""
     c = _ablation()
     del c.ablation
     c.model = ml_collections.ConfigDict(c.teacher.to_dict())
     c.stages = tuple(c.teacher_stages)
     c.distill.rounds = 0
+    # Where the run exports the trained teacher and its scores (the package's copy; "" = not at all).
+    c.world_teacher_out = WORLD_TEACHER
     return c

@@ -62,8 +62,7 @@ def export(config, workdir: str, out_dir: str) -> dict:
             shutil.copy(os.path.join(world, "tokenizer", name), os.path.join(out_dir, name))
     shutil.copy(os.path.join(world, "image_processor", "preprocessor_config.json"), out_dir)
     files = {name: sha256_of(os.path.join(out_dir, name)) for name in sorted(os.listdir(out_dir))}
-    manifest = {"built_by": "python launch/train.py --config=configs/comd.py:teacher --workdir=DIR, then "
-                            "python -m comd_jax.distill.world_teacher --workdir=DIR",
+    manifest = {"built_by": "python launch/train.py --config=configs/comd.py:teacher --workdir=DIR",
                 "world": world_of(config, os.path.join(world, "tokenizer")),
                 "stages": {s: config[s].total_steps for s in config.stages},
                 "scores": {}, "files": files}
@@ -120,7 +119,11 @@ def main(argv) -> None:
     from absl import flags
 
     F = flags.FLAGS
-    config, workdir, out = F.config, os.path.abspath(F.workdir), os.path.abspath(F.out)
+    export_and_measure(F.config, os.path.abspath(F.workdir), os.path.abspath(F.out))
+
+
+def export_and_measure(config, workdir: str, out: str) -> dict:
+    """`export`, then `measure` the written files and record the scores in the manifest."""
     manifest = export(config, workdir, out)
     size = sum(os.path.getsize(os.path.join(out, n)) for n in manifest["files"])
     print(f"{out}: {len(manifest['files'])} files, {size / 2**20:.1f} MiB", flush=True)
@@ -128,6 +131,7 @@ def main(argv) -> None:
     with open(os.path.join(out, MANIFEST), "w") as f:
         json.dump(manifest, f, indent=2)
     print(json.dumps(manifest["scores"], indent=1))
+    return manifest
 
 
 if __name__ == "__main__":
