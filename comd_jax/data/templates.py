@@ -156,16 +156,15 @@ class _JinjaWriter:
             from_parts = "ns.images + ns.text"
         # OpenAI-style content parts, as servers (transformers serve, vLLM) pass them: each image
         # part is a placeholder line before the text, as LLaVA writes "<image>\n" + question.
+        image_part = IMAGE_PLACEHOLDER if t.image_only_user else IMAGE_PLACEHOLDER + "\n"
         parts = (
             "{%- set ns.images = '' -%}{%- set ns.text = '' -%}"
             "{%- for part in message['content'] -%}"
             "{%- if part['type'] in ('image', 'image_url', 'input_image') -%}"
-            f"{{%- set ns.images = ns.images + {IMAGE_PLACEHOLDER + chr(10)!r} -%}}"
+            f"{{%- set ns.images = ns.images + {image_part!r} -%}}"
             "{%- elif part['type'] == 'text' -%}{%- set ns.text = ns.text + part['text'] -%}{%- endif -%}"
             "{%- endfor -%}"
         )
-        if t.image_only_user:
-            parts = parts.replace(repr(IMAGE_PLACEHOLDER + chr(10)), repr(IMAGE_PLACEHOLDER))
         generation_prefix = t.generation_prefix
         if generation_prefix is None:
             generation_prefix = t.assistant_prefix.rstrip(" ")

@@ -41,29 +41,25 @@ def world_of(config, tokenizer_dir: str) -> dict:
 
 def export(config, workdir: str, out_dir: str) -> dict:
     """The finished teacher of a `configs/comd.py:teacher` run in `workdir` → `out_dir`."""
-    import jax
-
     from comd_jax import config as config_lib
-    from comd_jax import sharding as shd
-    from comd_jax import stages as stages_lib
     from comd_jax.convert.hf import save_pretrained
+    from comd_jax.distill.job import Job
     from comd_jax.serve.loading import load_model
 
-    model_cfg = config_lib.model_config(config.model)
-    mesh = shd.make_mesh(config_lib.mesh_config(config.mesh).shape(jax.device_count()))
+    job = Job.start(config, workdir)  # the run's mesh and world (already built: only read here)
     checkpoint = os.path.join(workdir, "checkpoints", config.stages[-1])
-    model = load_model(model_cfg, checkpoint, mesh, config.mesh.recipe)
+    model = load_model(config_lib.model_config(config.model), checkpoint, job.mesh, job.recipe)
     if os.path.exists(out_dir):
         shutil.rmtree(out_dir)
     save_pretrained(model, out_dir)
-    world = stages_lib.world_dir(workdir)
-    for name in sorted(os.listdir(os.path.join(world, "tokenizer"))):
-        if name != "chat_template.jinja" or not os.path.exists(os.path.join(out_dir, name)):
-            shutil.copy(os.path.join(world, "tokenizer", name), os.path.join(out_dir, name))
-    shutil.copy(os.path.join(world, "image_processor", "preprocessor_config.json"), out_dir)
+    tokenizer_dir = job.data.tokenizer_dir
+    for name in sorted(os.listdir(tokenizer_dir)):
+        shutil.copy(os.path.join(tokenizer_dir, name), os.path.join(out_dir, name))
+    with open(os.path.join(out_dir, "preprocessor_config.json"), "w") as f:  # as the world writes its own
+        f.write(json.dumps(job.data.image_processor.to_transformers_dict(), indent=2))
     files = {name: sha256_of(os.path.join(out_dir, name)) for name in sorted(os.listdir(out_dir))}
     manifest = {"built_by": "python launch/train.py --config=configs/comd.py:teacher --workdir=DIR",
-                "world": world_of(config, os.path.join(world, "tokenizer")),
+                "world": world_of(config, tokenizer_dir),
                 "stages": {s: config[s].total_steps for s in config.stages},
                 "scores": {}, "files": files}
     with open(os.path.join(out_dir, MANIFEST), "w") as f:
