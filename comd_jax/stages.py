@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 
@@ -193,8 +193,12 @@ def train_pipeline(data: StageData, section, tokenizer, num_image_tokens: int, s
                                   num_image_tokens=num_image_tokens, config=cfg)
 
 
-def eval_batches(data: StageData, section, tokenizer, num_image_tokens: int) -> Callable:
-    """A factory of held-out batch iterables (a fixed, unshuffled prefix of the eval split)."""
+def eval_batches(data: StageData, section, tokenizer, num_image_tokens: int,
+                 max_batches: Optional[int] = None) -> Callable:
+    """A factory of held-out batch iterables (a fixed, unshuffled prefix of the eval split):
+    `section.eval_batches` batches, or `max_batches`."""
+    limit = section.eval_batches if max_batches is None else max_batches
+
     def make():
         per_host = section.global_batch // jax.process_count()
         cfg = pipeline.PipelineConfig(batch_size=per_host, length_buckets=tuple(section.length_buckets),
@@ -206,7 +210,7 @@ def eval_batches(data: StageData, section, tokenizer, num_image_tokens: int) -> 
                                       config=cfg)
         with pipe:
             for i, batch in enumerate(pipe):
-                if i >= section.eval_batches:
+                if i >= limit:
                     break
                 yield batch
     return make

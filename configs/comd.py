@@ -11,8 +11,8 @@ Presets via the argument:   --config=configs/comd.py:smoke | :paper | :ablation 
 - smoke: the smallest size that still exercises every phase, with a tiny teacher of its own (CI).
 - paper: Vicuna-7B + CLIP ViT-L/14-336 + mlp2x_gelu student, LLaVA-1.5-13B teacher,
   LLaVA-1.5 recipes (stage 1: lr 1e-3, batch 256; tuning: lr 2e-5, batch 128, cosine, 3% warmup).
-- ablation: CoMD vs plain distillation on the world's generator with 24000 instructions and a longer-trained
-  teacher (about 80 min for 3 seeds; outside the default run's 15-minute budget).
+- ablation: CoMD vs plain distillation over 5 seeds with the shipped teacher, on its world (24000
+  instructions, 2700 held-out; outside the default run's 15-minute budget).
 - teacher: the shipped world teacher rebuilt from scratch, exported and scored (world_teacher_out).
 
 LoRA instead of full LLM tuning (when memory is short):
@@ -119,7 +119,9 @@ def _eval(**kw):
         # (default: the questions file's folder); judged through distill.judge_url (default: the teacher's)
         llava_bench_questions="", llava_bench_answers="", llava_bench_context="", llava_bench_images="",
         limit=0,  # 0: every question; N: the first N (a quick look)
-        max_new_tokens=0)  # 0: distill.answer_max_tokens
+        max_new_tokens=0,  # 0: distill.answer_max_tokens
+        # world: held-out examples the image-reliance probe reads (0: the distill.eval_limit scored ones)
+        reliance_examples=0)
     base.update(kw)
     return ml_collections.ConfigDict(base)
 
@@ -261,53 +263,51 @@ def _paper():
     return c
 
 
-def _ablation():
-    """CoMD vs plain distillation, several seeds, with a longer-trained teacher:
-    `python -m comd_jax.distill.ablation --config=configs/comd.py:ablation --workdir=DIR`."""
-    c = _default()
-    # Trains its teacher in the run (the recipe configs/comd.py:teacher ships), on its own world's tokenizer.
-    c.distill.teacher_checkpoint, c.data.tokenizer = "", ""
-    # A teacher that knows more than the student: the default one (~7 min) barely beats the
-    # warm-up student. This one trains once, outside the default run's 15-minute budget, on
-    # fresh instructions (more unique data helps more than epochs; README), shared by every run.
+def _teacher_world(c):
+    """The shipped teacher's world (comd_jax/assets/world_teacher/world_teacher.json): world seed 0,
+    24000 instructions (unique data taught the teacher more than epochs did), 2700 held-out
+    examples, every one scored (on 450, a run's mean sat 0.4-3.6 points from its 2700 mean)."""
     c.data.num_instructions = 24000
-    c.teacher_pretrain.total_steps = 300
-    c.teacher_tune.total_steps = 1200
-    # At 1e-3 (the student's rate) the twice-as-wide teacher learned captions worse than the
-    # student (held-out loss 0.79 vs 0.63 after 300 steps) and never used the image; at 3e-4, 0.63.
-    c.teacher_pretrain.learning_rate = 3e-4
-    c.teacher_tune.learning_rate = 3e-4
-    # 4 px patches (64 image tokens) for both models: with 8 px ones no model read colours from
-    # the pixels (README), so the rounds had nothing visual to teach.
-    c.model = _offline(128, 4, 64, 2, patch_size=4)
-    c.teacher = _offline(256, 6, 128, 3, patch_size=4)
-    for name in ("stage0", "stage1", "teacher_pretrain"):
-        c[name].length_buckets = (96,)  # captions: 71-91 tokens with 64 image tokens
-    for name in ("tune", "teacher_tune", "round_tune"):
-        c[name].length_buckets = (128, 176)  # instructions: 111-173 tokens
-    # The same teacher calls for both variants: 48 augmentation seeds a round each (CoMD: its
-    # hard ones first). 2700 held-out examples (300 per skill; the default world has 450), every
-    # one scored: on 450, a run's mean sat 0.4-3.6 points from its 2700-example mean (README).
-    c.distill.seeds_per_round = 48
     c.data.num_heldout = 2700
     c.distill.eval_limit = 2700
+    return c
+
+
+def _ablation():
+    """CoMD vs plain distillation over 5 seeds, with the shipped teacher as the given model:
+    `python -m comd_jax.distill.ablation --config=configs/comd.py:ablation --workdir=DIR`."""
+    c = _teacher_world(_default())
+    # The same teacher calls for both variants: 48 augmentation seeds a round each (CoMD: its
+    # hard ones first).
+    c.distill.seeds_per_round = 48
+    # 150 held-out examples per skill, the same for every run (the 60-minute budget for 5 seeds).
+    c.distill.eval_limit = 1350
+    c.eval.reliance_examples = 64  # 4 batches: every run probes the student after every round
     c.ablation = ml_collections.ConfigDict(dict(
-        seeds=(0, 1, 2),
+        seeds=(0, 1, 2, 3, 4),
         # variant name -> config overrides; plain: no assessment-driven augmentation, no competitive targets
         variants=dict(comd=dict(), plain=dict(distill=dict(seed_policy="random", competitive=False)))))
     return c
 
 
 def _teacher():
-    """The world teacher alone, from scratch, by the ablation's recipe (its world, 4 px patches,
-    300 + 1200 steps at 3e-4, seed 0): `python launch/train.py --config=configs/comd.py:teacher
-    --workdir=DIR`. The run then exports its last stage's checkpoint to `world_teacher_out` as
-    the transformers directory the package ships, and scores it (comd_jax.distill.world_teacher)."""
-    c = _ablation()
-    del c.ablation
+    """The world teacher alone, from scratch (its world, 4 px patches, 300 + 1200 steps at 3e-4,
+    seed 0): `python launch/train.py --config=configs/comd.py:teacher --workdir=DIR`. The run
+    then exports its last stage's checkpoint to `world_teacher_out` as the transformers directory
+    the package ships, and scores it (comd_jax.distill.world_teacher)."""
+    c = _teacher_world(_default())
+    # Trained here, on a tokenizer the world trains on its own text (the one the package ships).
+    c.distill.teacher_checkpoint, c.data.tokenizer = "", ""
+    c.teacher_pretrain.total_steps = 300
+    c.teacher_tune.total_steps = 1200
+    # At 1e-3 (the student's rate) the twice-as-wide teacher learned captions worse than the
+    # student (held-out loss 0.79 vs 0.63 after 300 steps) and never used the image; at 3e-4, 0.63.
+    c.teacher_pretrain.learning_rate = 3e-4
+    c.teacher_tune.learning_rate = 3e-4
     c.model = ml_collections.ConfigDict(c.teacher.to_dict())
     c.stages = tuple(c.teacher_stages)
     c.distill.rounds = 0
+    c.eval.reliance_examples = 0  # the teacher's gap on all 2700 held-out examples
     # Where the run exports the trained teacher and its scores (the package's copy; "" = not at all).
     c.world_teacher_out = WORLD_TEACHER
     return c

@@ -123,6 +123,9 @@ def test_smoke_preset_runs_the_whole_method(smoke):
     for reliance in (results["teacher_image_reliance"], rounds[0]["student_image_reliance"]):
         assert reliance["tokens"] > 0 and reliance["gap"] == pytest.approx(
             reliance["loss_other_images"] - reliance["loss"])
+    # Both probes read the same held-out answers: the whole scored prefix (eval.reliance_examples 0).
+    assert results["teacher_image_reliance"]["tokens"] == rounds[0]["student_image_reliance"]["tokens"]
+    assert json.load(open(smoke / "eval" / "teacher" / "world.json"))["settings"]["reliance_examples"] == 18
     r0 = rounds[0]
     assert results["benchmarks"] == ["world"]
     assert set(r0["student"]["world"]) >= {"colour", "counting", "multiple_choice", "mean"}

@@ -6,7 +6,7 @@ import pytest
 from comd_jax import config as config_lib
 
 
-@pytest.mark.parametrize("preset", ["default", "smoke", "paper", "ablation"])
+@pytest.mark.parametrize("preset", ["default", "smoke", "paper", "ablation", "teacher"])
 def test_preset_validates(preset):
     config = config_lib.preset(preset)
     config_lib.model_config(config.model)
@@ -28,10 +28,10 @@ def test_ablation_variants_apply_and_reject_unknown_keys():
 
     budgets = {distill_config(_apply(config, v.to_dict())).seeds_per_round for v in config.ablation.variants.values()}
     assert budgets == {48}
-    # Every variant is scored on every held-out example of the ablation's world, the same ones.
+    # Every variant is scored on the same held-out examples of the teacher's world.
     limits = {(_apply(config, v.to_dict()).distill.eval_limit, _apply(config, v.to_dict()).data.num_heldout)
               for v in config.ablation.variants.values()}
-    assert limits == {(2700, 2700)}
+    assert limits == {(1350, 2700)}
     with pytest.raises(KeyError, match="distill.no_such_field"):
         _apply(config, {"distill": {"no_such_field": 1}})
 
@@ -41,34 +41,45 @@ def test_unknown_preset_is_an_error():
         config_lib.preset("nope")
 
 
-def test_ablation_trains_the_teacher_once_and_each_seeds_warm_up_once(tmp_path, monkeypatch):
-    """The runs compare only what the rounds do: every run must see the same teacher and
-    both variants of a seed the same warm-up student. A fake run "trains" whatever is
-    missing from its workdir (a real one resumes from what is there)."""
+@pytest.mark.parametrize("given_teacher", [True, False])
+def test_ablation_makes_the_teacher_once_and_each_seeds_warm_up_once(tmp_path, monkeypatch, given_teacher):
+    """The runs compare only what the rounds do: every run must see the same teacher and its
+    scores, and both variants of a seed the same warm-up student and its scores. A fake run
+    "makes" whatever is missing from its workdir (a real one resumes from what is there)."""
     from comd_jax.distill import ablation, driver
 
     config = config_lib.preset("ablation")
-    trained = []
+    assert config.distill.teacher_checkpoint  # the preset: the shipped teacher, a given model
+    with config.unlocked():
+        config.ablation.seeds = (0, 1, 2)
+        if not given_teacher:
+            config.distill.teacher_checkpoint = ""
+    made = []
 
     def fake_run(cfg, run_dir):
         assert cfg.teacher_seed == 0  # the trainer refuses a checkpoint made with another seed
-        for part in ("world",) + tuple(f"checkpoints/{s}" for s in cfg.teacher_stages + cfg.stages):
+        teacher = () if cfg.distill.teacher_checkpoint else tuple(f"checkpoints/{s}" for s in cfg.teacher_stages)
+        for part in ("world",) + teacher + tuple(f"checkpoints/{s}" for s in cfg.stages) + (
+                "eval/baseline", "eval/round0", "eval/teacher"):
             path = os.path.join(run_dir, part)
             if not os.path.exists(path):
                 os.makedirs(path)
                 open(os.path.join(path, "by"), "w").write(f"{cfg.seed} {cfg.distill.seed_policy}")
-                trained.append((part, cfg.seed, cfg.distill.seed_policy))
+                made.append((part, cfg.seed, cfg.distill.seed_policy))
         score = 10.0 * cfg.seed + (1 + cfg.seed) * (cfg.distill.seed_policy == "hard")  # CoMD ahead by 1, 2, 3
         return {"teacher": {"world": {"mean": 40.0}},
                 "rounds": [{"student": {"world": {"mean": score + r}}, "added": 96} for r in range(cfg.distill.rounds)]}
 
     monkeypatch.setattr(driver, "run_comd", fake_run)
     summary = ablation.run_ablation(config, str(tmp_path))
-    teacher_parts = [t for t in trained if t[0] == "world" or "teacher" in t[0]]
-    assert {(seed, policy) for _, seed, policy in teacher_parts} == {(0, "hard")}
-    warm_up = [(seed, policy) for part, seed, policy in trained if part.endswith("/stage0")]
-    assert warm_up == [(0, "hard"), (1, "hard"), (2, "hard")]  # the plain variant reuses its seed's
+    once = [t for t in made if t[0] in ("world", "eval/teacher") or "teacher_" in t[0]]
+    assert {(seed, policy) for _, seed, policy in once} == {(0, "hard")}
+    assert len(once) == (2 if given_teacher else 2 + len(config.teacher_stages))
+    for part in ("checkpoints/stage0", "eval/baseline"):  # the plain variant reuses its seed's
+        assert [(seed, policy) for p, seed, policy in made if p == part] == [(0, "hard"), (1, "hard"), (2, "hard")]
+    assert [seed for p, seed, _ in made if p == "eval/round0"] == [0, 0, 1, 1, 2, 2]  # the rounds' own
     assert open(tmp_path / "plain" / "seed2" / "checkpoints" / "tune" / "by").read() == "2 hard"
+    assert open(tmp_path / "plain" / "seed2" / "eval" / "teacher" / "by").read() == "0 hard"
     assert summary["comd"]["mean_by_round"] == [12.0, 13.0, 14.0, 15.0]
     assert summary["plain"]["runs"][1] == [10.0, 11.0, 12.0, 13.0]
     rows = [line for line in (tmp_path / "ablation.md").read_text().splitlines() if line.startswith("| comd")]

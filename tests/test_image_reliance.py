@@ -49,3 +49,10 @@ def test_no_usable_batch_is_an_error():
     one_row = (dict(b, pixel_values=b["pixel_values"][:1]) for b in batches(rows=1))
     with pytest.raises(ValueError, match="two or more rows"):
         image_reliance(model(), one_row)
+
+
+def test_the_probe_reads_as_many_batches_as_asked():
+    m = model()
+    assert image_reliance(m, batches(n=6))["tokens"] == 4 * 3 * 12  # the default: four batches
+    assert image_reliance(m, batches(n=6), max_batches=None)["tokens"] == 6 * 3 * 12
+    assert image_reliance(m, batches(n=6), max_batches=2)["tokens"] == 2 * 3 * 12

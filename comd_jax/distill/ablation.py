@@ -4,11 +4,12 @@
       [--distributed=... as launch/train.py, on every host]
 
 Each (variant, seed) runs the whole default pipeline in DIR/<variant>/seed<k>.
-What a comparison must hold fixed is trained once and shared (symlinked):
-- the world and the teacher, across every run: as in the paper, the teacher is
-  a given model (trained with the first seed), and the seeds vary the student;
-- the student's warm-up stages, across the variants of one seed: both variants
-  enter the rounds from the same student, so the rounds are all that differs.
+What a comparison must hold fixed is made once and shared (symlinked):
+- the world, the teacher and its held-out scores, across every run: as in the paper,
+  the teacher is a given model (distill.teacher_checkpoint; with none, the first run
+  trains it), and the seeds vary the student;
+- the student's warm-up stages and their scores, across the variants of one seed: both
+  variants enter the rounds from the same student, so the rounds are all that differs.
 Everything resumes like a normal run. In a multi-host job every process runs
 this (the runs are collective); process 0 alone makes the links and writes
 ablation.json / ablation.md, and the others wait for the links at a barrier.
@@ -46,14 +47,14 @@ def _apply(config, overrides: dict):
 
 
 def _share(src_root: str, dst: str, names=("world",)):
-    """Variants of one seed share the world and the teacher's checkpoints. Process 0 links
-    (the workdir is shared); the caller's barrier makes the links visible to the others."""
+    """Links `names` (paths under a run's workdir) from an earlier run. Process 0 links (the
+    workdir is shared); the caller's barrier makes the links visible to the others."""
     if not multihost.is_writer():
         return
-    os.makedirs(os.path.join(dst, "checkpoints"), exist_ok=True)
     for name in names:
         src, link = os.path.join(src_root, name), os.path.join(dst, name)
         if os.path.exists(src) and not os.path.exists(link):
+            os.makedirs(os.path.dirname(link), exist_ok=True)
             os.symlink(src, link)
 
 
@@ -64,8 +65,12 @@ def run_ablation(config, workdir: str) -> dict:
     added: dict = {}  # variant -> per run, new teacher-answered instructions per round
     teacher_means: dict = {}  # variant -> per run, the teacher's held-out mean
     variants = config.ablation.variants.to_dict()
-    teacher = ("world",) + tuple(os.path.join("checkpoints", s) for s in config.teacher_stages)
-    student = tuple(os.path.join("checkpoints", s) for s in config.stages)
+    # Every run: the world, the teacher (trained by the first run unless it is a given checkpoint)
+    # and its held-out scores. Both variants of a seed: the warm-up student and its scores.
+    trained_teacher = () if config.distill.get("teacher_checkpoint", "") else tuple(
+        os.path.join("checkpoints", s) for s in config.teacher_stages)
+    teacher = ("world",) + trained_teacher + (os.path.join("eval", "teacher"),)
+    student = tuple(os.path.join("checkpoints", s) for s in config.stages) + (os.path.join("eval", "baseline"),)
     first_run = None
     for seed in config.ablation.seeds:
         first_of_seed = None

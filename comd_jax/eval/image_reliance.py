@@ -9,7 +9,7 @@ better than its student: a teacher that does not look cannot teach looking.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Optional
 
 import jax.numpy as jnp
 import numpy as np
@@ -26,13 +26,13 @@ def _losses(model, batch):
     return nll, nll_other, count
 
 
-def image_reliance(model, batches: Iterable[dict], max_batches: int = 4) -> dict:
+def image_reliance(model, batches: Iterable[dict], max_batches: Optional[int] = 4) -> dict:
     """{"loss", "loss_other_images", "gap", "tokens"} over up to `max_batches` held-out batches
-    (each with pixel_values and at least two rows)."""
+    (None: all of them; each with pixel_values and at least two rows)."""
     keys = ("input_ids", "pixel_values", "attention_mask", "loss_mask")
     own = other = tokens = 0.0
     for i, batch in enumerate(batches):
-        if i >= max_batches:
+        if max_batches is not None and i >= max_batches:
             break
         if batch["pixel_values"].shape[0] < 2:
             continue
