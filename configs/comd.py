@@ -146,7 +146,7 @@ def _offline(text_width, layers, vision_width, vision_layers, patch_size=8):
                   num_heads=max(vision_width // 32, 1), image_size=32,
                   # 8 px: 16 image tokens, cheap, but a small object (7 px) sits inside one patch and a
                   # from-scratch tower barely learns its shape; 4 px: 64 tokens, and a student tuned
-                  # as the ablation tunes it reads colours (README, "Why no model looked")
+                  # as the ablation tunes it reads colours (docs/notes, "Why no model looked")
                   patch_size=patch_size)
     return _model(text, vision, image_token_id=4)
 
@@ -256,7 +256,7 @@ def _paper():
     c.distill = _distill(rounds=4, pool_size=10000, judge="llm", augmentor="llm", per_seed=1,
                          max_new_per_round=1000, answer_max_tokens=512, concurrency=32, gen_batch=64,
                          assess_chunk=256, teacher_model="llava-v1.5-13b", judge_max_tokens=512)
-    # --config.eval.benchmarks="('scienceqa',)" with the three scienceqa_* files (README, "Bring your own").
+    # --config.eval.benchmarks="('scienceqa',)" with the three scienceqa_* files (docs/byo.md).
     c.eval = _eval(benchmarks=(), max_new_tokens=128)
     # LLaVA-1.5: 576 image tokens a prompt, a 4096-token context; answers (512) and verdicts (judge_max_tokens).
     c.serve = _serve(max_prompt_tokens=3072, max_output_tokens=1024)
