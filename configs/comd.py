@@ -25,7 +25,7 @@ Memory check before renting a pod:
 """
 import ml_collections
 
-from comd_jax.distill.world_teacher import SHIPPED as WORLD_TEACHER
+from comd_jax.distill.teacher_manifest import SHIPPED as WORLD_TEACHER
 
 VICUNA_7B = dict(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32,
                  num_kv_heads=32, rms_norm_eps=1e-5, max_position_embeddings=4096, rope=dict(theta=10000.0))

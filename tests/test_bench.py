@@ -30,7 +30,8 @@ def test_train_step_bench_runs_and_both_sides_agree():
 
 
 def test_flops_count_the_frozen_tower_forward_only():
-    from comd_jax.bench import flops, train_step
+    from comd_jax.bench import train_step
+    from comd_jax.train import flops
 
     cfg = train_step.model_config(train_step.Size(hidden=64, intermediate=128, layers=2, vocab=128,
                                                   vision_hidden=32, image_size=28))

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from comd_jax import config as config_lib
-from comd_jax.distill.world_teacher import SHIPPED
+from comd_jax.distill.teacher_manifest import SHIPPED
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGE = os.path.join(REPO, "docs", "config.md")

@@ -16,7 +16,8 @@ from comd_jax import sharding as shd
 from comd_jax.config import model_config
 from comd_jax.convert.adapters import load_lora, save_lora
 from comd_jax.models import build
-from comd_jax.models.lora import LoraDense, is_adapter, merge_lora
+from comd_jax.models.build import merge_lora
+from comd_jax.models.lora import LoraDense, is_adapter
 from comd_jax.train.optim import OptimConfig, count
 from comd_jax.train.state import create_setup, init_state
 from comd_jax.train.step import build_train_step, host_batch

@@ -4,7 +4,7 @@ LLaVA step on the same card, plus our generation tokens/s.
     python -m comd_jax.bench.gpu_check [--rounds=3 --steps=5 --batch=8 --seq_len=2048]
     python -m comd_jax.bench.gpu_check --tiny      # seconds on a CPU: the smoke test CI runs
 
-Printed: our step time and MFU (model FLOPs as in bench/flops.py over the
+Printed: our step time and MFU (model FLOPs as in train/flops.py over the
 chip's dense bf16 peak from train/metrics.py), generation tokens/s (the serving
 engine when present, else the in-repo greedy decoder), PyTorch's step time,
 and last the ratio ours/PyTorch. Goals: MFU >= 45%, ratio >= 1.3.
@@ -133,7 +133,8 @@ def run(size: Size = ONE_B, rounds: int = 3, steps: int = 5, tiny: bool = False,
     import jax
     from flax import nnx
 
-    from comd_jax.bench import flops, timing, train_step
+    from comd_jax.bench import timing, train_step
+    from comd_jax.train import flops
     from comd_jax.convert.hf import save_pretrained
     from comd_jax.train.metrics import device_peak_flops
 

@@ -134,7 +134,8 @@ def run(size: Size = Size(), rounds: int = 5, steps: int = 3, peak_n: int = 2048
     """Measure both steps; returns the numbers `main` prints (used by tests at tiny sizes)."""
     import jax
 
-    from comd_jax.bench import flops, timing
+    from comd_jax.bench import timing
+    from comd_jax.train import flops
 
     load_before = os.getloadavg()[0]
     cfg = model_config(size, **model_overrides)

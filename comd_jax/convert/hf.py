@@ -290,11 +290,11 @@ def save_pretrained(model: VLM, directory: str, *, max_shard_bytes: int = 5 * 2*
 
     One parameter is gathered to the host at a time. `dtype` (e.g. 'bfloat16')
     converts on the way out; the default keeps the parameter dtype. LoRA adapters
-    are folded into their kernels first (`comd_jax.models.lora.merge_lora`).
+    are folded into their kernels first (`comd_jax.models.build.merge_lora`).
     """
     from flax import nnx
 
-    model = lora.merge_lora(model)  # transformers gets a plain model; a no-op without LoRA
+    model = build.merge_lora(model)  # transformers gets a plain model; a no-op without LoRA
     cfg = model.cfg
     hf_cfg = _hf_configs(cfg)
     os.makedirs(directory, exist_ok=True)

@@ -153,9 +153,9 @@ def teacher_heldout(config, teacher_ckpt: str, spec, evaluate, workdir: str) -> 
 def _sha256s(directory: str) -> dict:
     """A given teacher's identity: its manifest's sha256s when it has one (already verified), else
     its files' sizes and times (cheap; a changed file changes them)."""
-    from comd_jax.distill import world_teacher
+    from comd_jax.distill import teacher_manifest
 
-    manifest = os.path.join(directory, world_teacher.MANIFEST)
+    manifest = os.path.join(directory, teacher_manifest.MANIFEST)
     if os.path.isfile(manifest):
         with open(manifest) as f:
             return json.load(f)["files"]
@@ -166,11 +166,11 @@ def _sha256s(directory: str) -> dict:
 def given_teacher_matches_world(job: Job, checkpoint: str) -> None:
     """An exported world teacher (the shipped one): its files' sha256 on load, then its world
     against this run's, before any compute that would be wasted on a mismatch."""
-    from comd_jax.distill import world_teacher
+    from comd_jax.distill import teacher_manifest
 
-    if "://" not in checkpoint and os.path.isfile(os.path.join(checkpoint, world_teacher.MANIFEST)):
-        manifest = world_teacher.verify(checkpoint)
-        world_teacher.check_world(manifest, job.config, job.data.tokenizer_dir)
+    if "://" not in checkpoint and os.path.isfile(os.path.join(checkpoint, teacher_manifest.MANIFEST)):
+        manifest = teacher_manifest.verify(checkpoint)
+        teacher_manifest.check_world(manifest, job.config, job.data.tokenizer_dir)
 
 
 def world_kind(job: Job) -> Kind:

@@ -6,6 +6,7 @@ writes each shard where it lives.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Optional
 
 import jax
@@ -13,6 +14,7 @@ from flax import nnx
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from comd_jax import sharding as shd
+from comd_jax.models import lora
 from comd_jax.models.config import VLMConfig
 from comd_jax.models.vlm import VLM
 
@@ -64,3 +66,18 @@ def build_model(cfg: VLMConfig, mesh=None, rules=None, seed: int = 0) -> VLM:
     rules = rules if rules is not None else shd.rules_for("fsdp")
     graphdef, abstract = abstract_model(cfg, rules)
     return merge(graphdef, abstract, init_params(cfg, mesh, rules, seed))
+
+
+def merge_lora(model):
+    """The same function as a plain (rank 0) model: adapters folded into the kernels.
+
+    Each merged leaf keeps its sharding; the input model is left untouched.
+    """
+    cfg = model.cfg
+    if not cfg.lora_rank:
+        return model
+    params = nnx.state(model).to_pure_dict()
+    shardings = unflatten_dict({p: v.sharding for p, v in flatten_dict(params).items() if not lora.is_adapter(p)})
+    merged = jax.jit(lambda p: lora.merge_lora_params(p, cfg), out_shardings=shardings)(params)
+    graphdef, abstract = abstract_model(dataclasses.replace(cfg, lora_rank=0), model.rules)
+    return merge(graphdef, abstract, merged)

@@ -15,7 +15,6 @@ LoRA, and with `lora_rank=0` nothing at all changes.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import jax
@@ -113,20 +112,3 @@ def merge_lora_params(params: dict, cfg) -> dict:
         kernel = flat[layer + ("kernel",)]
         flat[layer + ("kernel",)] = fold(kernel, flat.pop(path), flat.pop(layer + ("lora_b",)), scale)
     return unflatten_dict(flat)
-
-
-def merge_lora(model):
-    """The same function as a plain (rank 0) model: adapters folded into the kernels.
-
-    Each merged leaf keeps its sharding; the input model is left untouched.
-    """
-    from comd_jax.models import build  # local: build imports vlm, which imports this module
-
-    cfg = model.cfg
-    if not cfg.lora_rank:
-        return model
-    params = nnx.state(model).to_pure_dict()
-    shardings = unflatten_dict({p: v.sharding for p, v in flatten_dict(params).items() if not is_adapter(p)})
-    merged = jax.jit(lambda p: merge_lora_params(p, cfg), out_shardings=shardings)(params)
-    graphdef, abstract = build.abstract_model(dataclasses.replace(cfg, lora_rank=0), model.rules)
-    return build.merge(graphdef, abstract, merged)

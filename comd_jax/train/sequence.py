@@ -27,7 +27,7 @@ def stage_config(name: str, section) -> StageConfig:
 
 
 def _flops_per_step(model_cfg, section) -> float:
-    from comd_jax.bench.flops import train_step_flops
+    from comd_jax.train.flops import train_step_flops
 
     return float(train_step_flops(model_cfg, section.global_batch, section.length_buckets[0],
                                   section.max_images)["total"])
