@@ -8,7 +8,7 @@ small model), and glibc serves blocks that large with a new mmap every time,
 so every step page-faults all of them in again, 4 KiB at a time. With
 `glibc.malloc.hugetlb=1` glibc asks for transparent huge pages on those
 mappings: ~500x fewer faults; on the 2-core benchmark machine the train step
-spent ~10% less CPU time (see BENCHMARKS.md). glibc reads the tunable only at
+spent ~10% less CPU time (see docs/notes/benchmarks-history.md). glibc reads the tunable only at
 process start, hence the re-exec. Harmless elsewhere: other allocators and
 older glibc ignore it; settings the user already exported win.
 """

@@ -19,7 +19,7 @@ Each capacity is one more compile of the step, so it is opt-in per stage
 length bucket). It pays where the head is a large share of the model's work (a
 big vocabulary on a small model) and the stage runs long enough to earn back the
 compiles; on the offline default run, whose head is small, it costs more
-(BENCHMARKS.md, "The LM head only where a target is").
+(docs/notes/benchmarks-history.md, "The LM head only where a target is").
 """
 from __future__ import annotations
 
