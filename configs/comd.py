@@ -1,7 +1,7 @@
 """CoMD experiment config.
 
 Lists are tuples so every field can be overridden on the command line,
-e.g. --config.stages="('tune',)".
+e.g. --config.stages="('tune',)". Every key, its default and what it does: docs/config.md.
 
 Launch (offline default):   python launch/train.py --config=configs/comd.py
 Presets via the argument:   --config=configs/comd.py:smoke | :paper | :ablation | :teacher
@@ -57,10 +57,7 @@ def _stage(**kw):
         length_buckets=(80, 128), max_images=1, strict_data=False,
         # cadences
         log_every=10, eval_every=0, eval_batches=4, save_every=50, keep_checkpoints=2,
-        # 0: every position, one compile per length bucket. 8: the last block's queries and MLP
-        # and the LM head only at positions that predict a target, widths rounded up to length/8
-        # (up to 8 compiles per bucket; comd_jax/train/targets.py). Worth it for a big vocabulary
-        # or a shallow model over a long stage; the offline runs ran slower with it (compiles).
+        # 0: every position; 8: the last block and the LM head at target positions only (more compiles)
         head_capacity_steps=0)
     base.update(kw)
     return ml_collections.ConfigDict(base)
@@ -90,18 +87,14 @@ def _distill(**kw):
         per_seed=2, max_new_per_round=128, answer_max_tokens=32, concurrency=8, gen_batch=16,
         assess_chunk=64,  # student answers per assessment batch (verdicts are saved per item)
         teacher_url="",  # empty: start our server on teacher_checkpoint; else any OpenAI-compatible URL
-        # A transformers directory or one of our Orbax checkpoints, served by launch/serve_teacher.py in
-        # its own process. Empty on the offline world: its teacher is trained and cached in the workdir.
+        # a transformers directory or one of our checkpoints, served by our server; "": trained in the run
         teacher_checkpoint="",
-        # The judge's OpenAI-compatible endpoint and model; empty: the teacher's. Its key is read from the
-        # environment variable named here (never from the config, so it never reaches config.json).
+        # the judge's endpoint and model ("": the teacher's); its key only from the variable named here
         judge_url="", judge_model="", judge_api_key_env="OPENAI_API_KEY",
         judge_max_tokens=256,  # the judge's reply: two score lines and the reasons (within our server's limit)
-        # Your data (data.kind llava_json / tfds): the pool's LLaVA JSON or JSONL and its image folder
-        # (default: the file's folder). The offline world uses its own instructions.
+        # your pool (data.kind llava_json / tfds): LLaVA JSON or JSONL, its image folder ("": the file's)
         pool_data="", image_folder="",
-        # The teacher endpoint's key, read from the environment variable named here (sent as
-        # Authorization: Bearer; our own server child then requires it). Unset: no key.
+        # the teacher's model name, and the variable holding its key (a bearer token; unset: none)
         teacher_model="comd-teacher", teacher_api_key_env="COMD_TEACHER_API_KEY",
         eval_limit=270)  # held-out examples scored per round (30 per skill)
     base.update(kw)
@@ -115,8 +108,7 @@ def _eval(**kw):
         benchmarks=("world",),  # scienceqa | llava_bench | world (the offline world's held-out split)
         # ScienceQA as LLaVA evaluates it: llava_test_CQM-A.json, ScienceQA's problems.json, the test images
         scienceqa_questions="", scienceqa_problems="", scienceqa_images="",
-        # LLaVA-Bench (In-the-Wild): questions.jsonl, answers_gpt4.jsonl, context.jsonl and its images
-        # (default: the questions file's folder); judged through distill.judge_url (default: the teacher's)
+        # LLaVA-Bench (In-the-Wild): questions, GPT-4 answers, context, images; judged via distill.judge_url
         llava_bench_questions="", llava_bench_answers="", llava_bench_context="", llava_bench_images="",
         limit=0,  # 0: every question; N: the first N (a quick look)
         max_new_tokens=0,  # 0: distill.answer_max_tokens
@@ -144,9 +136,7 @@ def _offline(text_width, layers, vision_width, vision_layers, patch_size=8):
                 max_position_embeddings=512, tie_word_embeddings=False, rope=dict(theta=10000.0))
     vision = dict(hidden_size=vision_width, intermediate_size=vision_width * 4, num_layers=vision_layers,
                   num_heads=max(vision_width // 32, 1), image_size=32,
-                  # 8 px: 16 image tokens, cheap, but a small object (7 px) sits inside one patch and a
-                  # from-scratch tower barely learns its shape; 4 px: 64 tokens, and a student tuned
-                  # as the ablation tunes it reads colours (docs/notes, "Why no model looked")
+                  # 8 px: 16 image tokens, but models never read colours; 4 px: 64, and they do
                   patch_size=patch_size)
     return _model(text, vision, image_token_id=4)
 
@@ -165,21 +155,16 @@ def _default():
     c.seed = 0
     # 4 px patches (64 image tokens): with 8 px ones no model read colours from the pixels.
     c.model = _offline(128, 4, 64, 2, patch_size=4)  # student
-    # The shipped world teacher's shape (~4x the student's parameters): it is a given model here, as
-    # LLaVA-13B is for a user, served from distill.teacher_checkpoint (built by the :teacher preset).
+    # the shipped world teacher's shape (~4x the student): a given model, as a user's LLaVA-13B is
     c.teacher = _offline(256, 6, 128, 3, patch_size=4)
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, recipe="fsdp"))
     # The world in the teacher's tokens: its tokenizer, not one trained on this world's text.
     c.data = _world_data(tokenizer=WORLD_TEACHER)
-    # Starting weights: a transformers-format directory ("" = random, as the offline world wants),
-    # plus a CLIP directory when init_from is a plain Llama/Vicuna.
+    # starting weights: a transformers directory ("" = random), plus CLIP for a plain Llama/Vicuna
     c.init_from, c.init_vision_from, c.init_required = "", "", False
-    # JAX's persistent compilation cache (comd_jax/compile_cache.py): relative to the workdir, so a
-    # resumed run loads what the killed one compiled; an absolute path or gs:// URL as given; "" = off.
+    # in the workdir, so a resumed run loads what the killed one compiled; "" = off
     c.compilation_cache_dir = "compilation_cache"
-    # The offline world has no pretrained backbones: stage 0 trains everything on
-    # the world's captions to give the student a vision tower and an LLM; then the
-    # paper's recipe: stage 1 (projector only), instruction tuning (projector + LLM).
+    # no pretrained backbones offline: stage 0 trains everything on captions, then the paper's two stages
     c.stages = ("stage0", "stage1", "tune")
     c.stage0 = _caption_stage(learning_rate=1e-3, trainable=(".*",), global_batch=16, total_steps=300,
                               length_buckets=(96,))  # captions: 71-91 tokens with 64 image tokens
@@ -187,8 +172,7 @@ def _default():
                               length_buckets=(96,))
     c.tune = _stage(learning_rate=1e-3, global_batch=16, total_steps=300,
                     length_buckets=(128, 176))  # instructions: 111-173 tokens
-    # A teacher trained in the run instead (distill.teacher_checkpoint=""; the smoke preset's): these
-    # stages, all parts, cached in the workdir.
+    # a teacher trained in the run instead (distill.teacher_checkpoint="", the smoke preset's)
     c.teacher_stages = ("teacher_pretrain", "teacher_tune")
     c.teacher_seed = -1  # -1: config.seed; the ablation fixes it so that every seed shares one teacher
     c.teacher_pretrain = _caption_stage(learning_rate=1e-3, trainable=(".*",), global_batch=16, total_steps=150,
@@ -236,8 +220,7 @@ def _paper():
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, recipe="fsdp"))
     # The user's LLaVA data: set these (or override on the command line).
     c.data = _world_data(kind="llava_json", tokenizer="", image_processor="")
-    # The pretrained student: e.g. init_from=vicuna-7b-v1.5 with init_vision_from=clip-vit-large-patch14-336
-    # (fresh projector), or a LLaVA-1.5-7B directory. Stage 1 freezes both backbones, so it is required.
+    # a LLaVA-1.5-7B directory, or Vicuna-7B + init_vision_from (CLIP); required: stage 1 freezes both
     c.init_from, c.init_vision_from, c.init_required = "", "", True
     # Inside the workdir: a pod job resumed after a preemption skips its minutes-long compiles.
     c.compilation_cache_dir = "compilation_cache"
@@ -246,11 +229,9 @@ def _paper():
                       save_every=500)
     c.tune = _stage(learning_rate=2e-5, global_batch=128, grad_accum_steps=16, length_buckets=(1024, 2048),
                     data="", eval_data="", total_steps=5200, save_every=500)
-    # CoMD after the projector stage: init_from is already instruction-tuned (LLaVA-1.5-7B), so
-    # only stage 1 runs before the rounds; set --config.stages="('stage1', 'tune')" to tune first.
+    # init_from is instruction-tuned already; --config.stages="('stage1', 'tune')" tunes first
     c.stages = ("stage1",)
-    # Each round: LLaVA-1.5's tuning recipe (lr 2e-5, batch 128, cosine, 3% warmup) for about one
-    # epoch of a 10K-instruction pool that grows by up to 1K a round.
+    # each round: LLaVA-1.5's tuning recipe for about one epoch of a 10K pool growing 1K a round
     c.round_tune = _stage(learning_rate=2e-5, global_batch=128, grad_accum_steps=16, length_buckets=(1024, 2048),
                           data="", eval_data="", total_steps=90, save_every=30)
     c.distill = _distill(rounds=4, pool_size=10000, judge="llm", augmentor="llm", per_seed=1,
@@ -264,9 +245,7 @@ def _paper():
 
 
 def _teacher_world(c):
-    """The shipped teacher's world (comd_jax/assets/world_teacher/world_teacher.json): world seed 0,
-    24000 instructions (unique data taught the teacher more than epochs did), 2700 held-out
-    examples, every one scored (on 450, a run's mean sat 0.4-3.6 points from its 2700 mean)."""
+    """The shipped teacher's world (its world_teacher.json): 24000 instructions, 2700 held-out."""
     c.data.num_instructions = 24000
     c.data.num_heldout = 2700
     c.distill.eval_limit = 2700
@@ -277,8 +256,7 @@ def _ablation():
     """CoMD vs plain distillation over 5 seeds, with the shipped teacher as the given model:
     `python -m comd_jax.distill.ablation --config=configs/comd.py:ablation --workdir=DIR`."""
     c = _teacher_world(_default())
-    # The same teacher calls for both variants: 48 augmentation seeds a round each (CoMD: its
-    # hard ones first).
+    # the same teacher calls for both variants: 48 augmentation seeds a round (CoMD: hard ones first)
     c.distill.seeds_per_round = 48
     # 150 held-out examples per skill, the same for every run (the 60-minute budget for 5 seeds).
     c.distill.eval_limit = 1350
@@ -300,8 +278,7 @@ def _teacher():
     c.distill.teacher_checkpoint, c.data.tokenizer = "", ""
     c.teacher_pretrain.total_steps = 300
     c.teacher_tune.total_steps = 1200
-    # At 1e-3 (the student's rate) the twice-as-wide teacher learned captions worse than the
-    # student (held-out loss 0.79 vs 0.63 after 300 steps) and never used the image; at 3e-4, 0.63.
+    # at 1e-3 (the student's rate) the teacher never used the image (docs/notes/2026-12-06-world-teacher.md)
     c.teacher_pretrain.learning_rate = 3e-4
     c.teacher_tune.learning_rate = 3e-4
     c.model = ml_collections.ConfigDict(c.teacher.to_dict())
