@@ -26,12 +26,9 @@ TINY = {"data.num_captions": 16, "data.num_instructions": 16, "data.num_heldout"
 
 def _overrides() -> dict:
     """TINY, plus no distillation rounds where the preset has them (the rounds have their own tests)."""
-    sys.path.insert(0, os.path.join(REPO, "configs"))
-    try:
-        import comd
-    finally:
-        sys.path.pop(0)
-    return {**TINY, "distill.rounds": 0} if "distill" in comd.get_config("smoke") else dict(TINY)
+    from comd_jax import config as config_lib
+
+    return {**TINY, "distill.rounds": 0} if "distill" in config_lib.preset("smoke") else dict(TINY)
 
 
 def _runnable_cells(nb) -> list:

@@ -174,7 +174,6 @@ def run_job(script: str, args_for, logdir: str, n: int = 2, timeout: float = 120
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     """(single-process reference, [process 0's report, process 1's report], the shared workdir)."""
-    sys.path.insert(0, HERE)
     reference_dir = str(tmp_path_factory.mktemp("single"))
     counts = Counts()
     reference = {"state": run_loop(reference_dir, counts), "counts": counts, "dir": reference_dir}

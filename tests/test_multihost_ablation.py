@@ -8,10 +8,7 @@ import json
 import os
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
-import test_multihost  # noqa: E402  (tests/ on the path first)
+import test_multihost  # tests/ is on the path (setup.cfg)
 
 CONFIG = {"seed": 0, "teacher_seed": -1, "teacher_stages": ["teacher_stage0"], "stages": ["stage0"],
           "distill": {"rounds": 2, "competitive": True, "seed_policy": "hard"},

@@ -20,10 +20,7 @@ import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
-import test_multihost  # noqa: E402  (tests/ on the path first)
+import test_multihost  # tests/ is on the path (setup.cfg)
 
 DATA = dict(kind="world", world_seed=5, image_size=32, num_captions=6, num_instructions=6, num_heldout=4,
             vocab_size=512)

@@ -1,5 +1,4 @@
 """The student's starting weights (config.init_from) and remote workdirs (gs://)."""
-import sys
 
 import jax
 import numpy as np
@@ -10,8 +9,6 @@ from flax.traverse_util import flatten_dict
 from comd_jax import config as config_lib
 from comd_jax import pretrained, sharding as shd, stages
 
-sys.path.insert(0, "configs")
-import comd  # noqa: E402
 
 
 def _mesh():
@@ -19,7 +16,7 @@ def _mesh():
 
 
 def test_paper_preset_without_a_student_names_the_field():
-    config = comd.get_config("paper")
+    config = config_lib.preset("paper")
     with pytest.raises(ValueError, match=r"config\.init_from"):
         pretrained.student_params(config, config_lib.model_config(config.model), _mesh(), "fsdp")
     config.unlock()
@@ -29,7 +26,7 @@ def test_paper_preset_without_a_student_names_the_field():
 
 
 def test_offline_presets_start_from_random_weights():
-    config = comd.get_config("smoke")
+    config = config_lib.preset("smoke")
     assert pretrained.student_params(config, config_lib.model_config(config.model), _mesh(), "fsdp") is None
 
 
@@ -37,7 +34,7 @@ def test_init_from_a_saved_student_loads_it_and_checks_the_architecture(tmp_path
     from comd_jax.convert.hf import save_pretrained
     from comd_jax.models import build
 
-    config = comd.get_config("smoke")
+    config = config_lib.preset("smoke")
     cfg = config_lib.model_config(config.model)
     model = build.build_model(cfg, seed=3)
     save_pretrained(model, str(tmp_path))
@@ -72,10 +69,10 @@ def test_paper_preset_takes_the_checkpoints_architecture_and_refuses_a_clashing_
     from comd_jax.convert.hf import save_pretrained
     from comd_jax.models import build
 
-    smoke = comd.get_config("smoke")
+    smoke = config_lib.preset("smoke")
     cfg = config_lib.model_config(smoke.model)
     save_pretrained(build.build_model(cfg, seed=4), str(tmp_path))
-    config = comd.get_config("paper")
+    config = config_lib.preset("paper")
     config.init_from = str(tmp_path)
     changed = pretrained.adopt_architecture(config, {"eval.limit": 3})
     assert any(c.startswith("model.text.hidden_size: 4096 (config) vs 64") for c in changed), changed
@@ -87,7 +84,7 @@ def test_paper_preset_takes_the_checkpoints_architecture_and_refuses_a_clashing_
     assert params["text"]["embed"].shape == (cfg.text.vocab_size, cfg.text.hidden_size)
     assert pretrained.adopt_architecture(config, {"model.text.hidden_size": cfg.text.hidden_size}) == []
 
-    config = comd.get_config("paper")
+    config = config_lib.preset("paper")
     config.init_from = str(tmp_path)
     with pytest.raises(ValueError, match=r"model\.text\.hidden_size: 4096 \(command line\) vs "
                                          rf"{cfg.text.hidden_size} \(.*config\.json\)"):
