@@ -47,19 +47,15 @@ flags.mark_flags_as_required(["config", "checkpoint"])
 
 def main(argv):
     del argv
-    from absl import logging
+    from comd_jax import launcher
 
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    distributed.initialize_from_flags()  # before anything touches a JAX backend
-    from comd_jax import compile_cache, multihost, paths
+    f = flags.FLAGS
+    workdir = launcher.start(f.config, f.workdir)  # verbosity, the job, the workdir, the cache
+    from comd_jax import multihost, paths
     from comd_jax.eval.loading import evaluate_checkpoint
     from comd_jax.eval.suite import EvalSettings
 
-    f = flags.FLAGS
     a = paths.absolute  # Orbax refuses relative paths; every local path is made absolute once, here
-    workdir = paths.startup(f.config, f.workdir)
-    compile_cache.enable(f.config, workdir)  # relative and no --workdir: off
     settings = EvalSettings(
         question_file=a(f.question_file), problems_file=a(f.problems_file), image_folder=a(f.image_folder),
         bench_questions=a(f.bench_questions), bench_answers=a(f.bench_answers), bench_context=a(f.bench_context),

@@ -52,13 +52,12 @@ def single_process_plan(flag_values=None) -> distributed.Plan:
 
 def main(argv):
     del argv
-    distributed.initialize(single_process_plan())  # a no-op but for an explicit one-process job
-    from comd_jax import compile_cache, paths
+    from comd_jax import launcher, paths
     from comd_jax.serve.loading import serve
 
     F = flags.FLAGS
-    workdir = paths.startup(F.config, F.workdir)  # Orbax refuses relative paths
-    compile_cache.enable(F.config, workdir)  # a parent's choice wins (env)
+    # One process only; the server's own INFO log stays on.
+    workdir = launcher.start(F.config, F.workdir, plan=single_process_plan(), quiet=False)
     serve(F.config, host=F.host, port=F.port, checkpoint=paths.absolute(F.checkpoint), api_key=api_key(F),
           workdir=workdir, model_name=F.model_name)
 

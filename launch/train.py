@@ -26,21 +26,18 @@ def main(argv):
     del argv
     from absl import logging
 
-    if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO; -v 0 brings it back
-        logging.set_verbosity(logging.WARNING)
-    # Before anything touches a JAX backend: joining the job fixes the global device list.
-    distributed.initialize_from_flags()
-    import comd_jax.run
-    from comd_jax import compile_cache, paths, pretrained
+    from comd_jax import launcher
 
     config = flags.FLAGS.config
-    workdir = paths.startup(config, flags.FLAGS.workdir)  # Orbax refuses relative paths
+    workdir = launcher.start(config, flags.FLAGS.workdir)  # verbosity, the job, the workdir, the cache
+    import comd_jax.run
+    from comd_jax import pretrained
+
     # With init_from, the student's architecture is the checkpoint's; an override that disagrees is an error.
     changed = pretrained.adopt_architecture(config, config_flags.get_override_values(flags.FLAGS["config"]))
     if changed:
         logging.warning("config.model: %d field(s) taken from config.init_from's config.json:\n  %s",
                         len(changed), "\n  ".join(changed))
-    compile_cache.enable(config, workdir)  # before anything compiles
     from comd_jax.serve.client import RequestRejected, TeacherUnavailable
 
     try:

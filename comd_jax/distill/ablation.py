@@ -144,13 +144,11 @@ if __name__ == "__main__":
 
     def main(argv):
         del argv
-        distributed.initialize_from_flags()  # before anything touches a JAX backend
-        from comd_jax import compile_cache, paths
+        from comd_jax import launcher
 
         config = flags.FLAGS.config
-        workdir = paths.startup(config, flags.FLAGS.workdir)  # Orbax refuses relative paths
         # One cache for every run and teacher server: the seeds compile the same functions.
-        compile_cache.enable(config, workdir)
+        workdir = launcher.start(config, flags.FLAGS.workdir)
         run_ablation(config, workdir)
 
     app.run(main)
