@@ -107,7 +107,7 @@ def test_orbax_checkpoint_loads_params_only(tiny_student, tmp_path, monkeypatch)
 
     from comd_jax import config as config_lib
     from comd_jax import sharding as shd
-    from comd_jax.eval.checkpoints import load_model
+    from comd_jax.checkpoints import load_model
     from comd_jax.eval.loading import infer_workdir
     from comd_jax.train.checkpoint import StageCheckpoints
     from comd_jax.train.state import create_setup, init_state
@@ -121,17 +121,17 @@ def test_orbax_checkpoint_loads_params_only(tiny_student, tmp_path, monkeypatch)
     checkpoints.save(4, state, {"seed": 0}, force=True)
     checkpoints.close()
     for path in (stage_dir, stage_dir / "4"):
-        loaded = nnx.state(load_model(str(path), cfg)).to_pure_dict()
+        loaded = nnx.state(load_model(cfg, str(path))).to_pure_dict()
         for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(nnx.state(model).to_pure_dict())):
             np.testing.assert_array_equal(a, b)
     assert infer_workdir(str(stage_dir / "4"), "x") == str(tmp_path)
     with pytest.raises(FileNotFoundError, match="neither"):
-        load_model(str(tmp_path), cfg)
+        load_model(cfg, str(tmp_path))
     # Relative paths, as a user types them: Orbax itself refuses them, so both loaders resolve first.
-    from comd_jax.serve.loading import restore_params
+    from comd_jax.checkpoints import restore_params
 
     monkeypatch.chdir(tmp_path)
-    for params in (nnx.state(load_model("checkpoints/tune", cfg)).to_pure_dict(),
+    for params in (nnx.state(load_model(cfg, "checkpoints/tune")).to_pure_dict(),
                    restore_params("checkpoints/tune/4", cfg, mesh, "fsdp")):
         for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(nnx.state(model).to_pure_dict())):
             np.testing.assert_array_equal(a, b)

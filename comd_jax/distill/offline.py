@@ -96,7 +96,7 @@ class WorldEvaluator:
 
     def teacher(self, answerer) -> dict:
         from comd_jax.eval.image_reliance import image_reliance
-        from comd_jax.serve.loading import load_model
+        from comd_jax.checkpoints import load_model
 
         job = self.job
         scores = {}

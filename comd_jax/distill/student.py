@@ -37,7 +37,7 @@ class LocalStudent:
         if self._round != round_index:
             if round_index < 0:
                 raise RuntimeError("the student's warm-up parameters are gone; call warm_up() first")
-            from comd_jax.serve.loading import restore_params
+            from comd_jax.checkpoints import restore_params
 
             self._params = restore_params(os.path.join(self.job.workdir, "checkpoints", f"round{round_index}_tune"),
                                           self.cfg, self.job.mesh, self.job.recipe)

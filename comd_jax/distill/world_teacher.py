@@ -24,7 +24,7 @@ def export(config, workdir: str, out_dir: str) -> dict:
     from comd_jax import config as config_lib
     from comd_jax.convert.hf import save_pretrained
     from comd_jax.distill.job import Job
-    from comd_jax.serve.loading import load_model
+    from comd_jax.checkpoints import load_model
 
     job = Job.start(config, workdir)  # the run's mesh and world (already built: only read here)
     checkpoint = os.path.join(workdir, "checkpoints", config.stages[-1])

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Optional
 
 from comd_jax import multihost
 from comd_jax.eval.answerer import GreedyAnswerer
-from comd_jax.eval.checkpoints import is_transformers_dir, load_model
+from comd_jax.checkpoints import is_transformers_dir, load_model
 
 
 def infer_workdir(checkpoint: str, fallback: str) -> str:
@@ -42,7 +41,7 @@ def make_answerer(config, model_section, checkpoint: str, workdir: str, *, max_n
     from comd_jax import stages
     from comd_jax.data.images import ImageProcessorConfig
 
-    model = load_model(checkpoint, config_lib.model_config(model_section), *_job_mesh(config))
+    model = load_model(config_lib.model_config(model_section), checkpoint, *_job_mesh(config))
     data = stages.stage_data(config, workdir)
     tokenizer_dir, image_config = data.tokenizer_dir, data.image_processor
     # A transformers directory saved with its tokenizer / processor brings its own.

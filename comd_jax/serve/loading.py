@@ -17,54 +17,9 @@ import jax
 
 from comd_jax import config as config_lib
 from comd_jax import sharding as shd
-from comd_jax.models import build
+from comd_jax.checkpoints import load_model
 from comd_jax.serve.engine import Engine, EngineConfig
 from comd_jax.serve.prompts import Limits, Prompter
-
-
-def _orbax_step_dir(path: str) -> str:
-    """A stage directory (…/checkpoints/<stage>) → its latest step; a step directory as is.
-    Always absolute: Orbax refuses a relative path."""
-    path = os.path.abspath(path)
-    if os.path.isdir(os.path.join(path, "state")):
-        return path
-    steps = [int(d) for d in os.listdir(path) if d.isdigit() and os.path.isdir(os.path.join(path, d, "state"))]
-    if not steps:
-        raise FileNotFoundError(f"{path}: neither a transformers directory (config.json) nor an Orbax "
-                                "checkpoint (<step>/state)")
-    return os.path.join(path, str(max(steps)))
-
-
-def restore_params(path: str, model_cfg, mesh, recipe: str) -> dict:
-    """Only the parameters of a training-state checkpoint, placed by the serving mesh
-    (optimizer state is skipped: the server never needs it)."""
-    import orbax.checkpoint as ocp
-
-    rules = shd.rules_for(recipe)
-    _, abstract = build.abstract_model(model_cfg, rules)
-    shardings = build.param_shardings(abstract, mesh, rules)
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract.to_pure_dict(), shardings)
-    restore_args = ocp.checkpoint_utils.construct_restore_args({"params": target})
-    with ocp.PyTreeCheckpointer() as ckptr:
-        restored = ckptr.restore(os.path.join(_orbax_step_dir(path), "state"),
-                                 args=ocp.args.PyTreeRestore(item={"params": target}, restore_args=restore_args,
-                                                             partial_restore=True))
-    return restored["params"]
-
-
-def load_model(model_cfg, checkpoint: Optional[str], mesh, recipe: str = "fsdp", seed: int = 0):
-    rules = shd.rules_for(recipe)
-    if not checkpoint:
-        return build.build_model(model_cfg, mesh, rules, seed)
-    if os.path.exists(os.path.join(checkpoint, "config.json")):
-        from comd_jax.convert.hf import load_pretrained
-
-        # The architecture is the checkpoint's; how it computes (dtypes) is the config's.
-        return load_pretrained(checkpoint, mesh, recipe=recipe, dtype=model_cfg.dtype,
-                               param_dtype=model_cfg.param_dtype)
-    graphdef, abstract = build.abstract_model(model_cfg, rules)
-    return build.merge(graphdef, abstract, restore_params(checkpoint, model_cfg, mesh, recipe))
 
 
 def engine_from_config(config, workdir: str, checkpoint: Optional[str] = None, *,
