@@ -13,8 +13,6 @@ from etils import epath
 
 from comd_jax import config as config_lib
 from comd_jax import pretrained
-from comd_jax import sharding as shd
-from comd_jax import stages as stages_lib
 from comd_jax.train.sequence import check_tokenizer, train_stages
 
 
@@ -38,18 +36,15 @@ def run(config, workdir: str) -> dict:
 
 
 def run_stages(config, workdir: str) -> dict:
-    from transformers import AutoTokenizer
+    from comd_jax.job import Job
 
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # a local folder or gs://bucket/run
     model_cfg = config_lib.model_config(config.model)
-    mesh_cfg = config_lib.mesh_config(config.mesh)
-    mesh = shd.make_mesh(mesh_cfg.shape(jax.device_count()))
-    data = stages_lib.stage_data(config, workdir)
-    tokenizer = AutoTokenizer.from_pretrained(data.tokenizer_dir)
-    check_tokenizer(tokenizer, model_cfg)
-    params = pretrained.student_params(config, model_cfg, mesh, mesh_cfg.recipe)
-    params, summaries = train_stages(config, workdir, model_cfg, config.stages, data, tokenizer, mesh,
-                                     mesh_cfg.recipe, params=params)
+    job = Job.start(config, workdir)
+    check_tokenizer(job.tokenizer, model_cfg)
+    params = pretrained.student_params(config, model_cfg, job.mesh, job.recipe)
+    params, summaries = train_stages(config, workdir, model_cfg, config.stages, job.data, job.tokenizer, job.mesh,
+                                     job.recipe, params=params)
     if jax.process_index() == 0:
         epath.Path(workdir, "summary.json").write_text(json.dumps(summaries, indent=2))
     return {"stages": summaries, "params": params}

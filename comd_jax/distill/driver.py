@@ -114,7 +114,7 @@ def _check(config, workdir: str) -> None:
 def run_comd(config, workdir: str) -> dict:
     from comd_jax.distill import evaluation
     from comd_jax.distill.endpoint import TeacherEndpoint, snapshot
-    from comd_jax.distill.job import Job
+    from comd_jax.job import Job
     from comd_jax.distill.kinds import kind_for
     from comd_jax.distill.student import LocalStudent
     from comd_jax.eval.endpoint_answerer import EndpointAnswerer

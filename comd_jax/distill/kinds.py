@@ -1,6 +1,6 @@
 """Which parts a data kind brings to the CoMD driver: one table of constructors.
 
-A kind turns the job (`comd_jax.distill.job.Job`) into a `Kind`: the first pool,
+A kind turns the job (`comd_jax.job.Job`) into a `Kind`: the first pool,
 the evaluator, the teacher checkpoint to serve (when it has one of its own), and
 any judges and augmentors only it can offer (the world's ground truth). The
 driver's own tables hold what works on any data (the LLM judge and augmentor).

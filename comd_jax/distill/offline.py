@@ -21,7 +21,7 @@ import os
 from comd_jax import config as config_lib
 from comd_jax import multihost
 from comd_jax import stages as stages_lib
-from comd_jax.distill.job import Job
+from comd_jax.job import Job
 from comd_jax.distill.protocol import Kind
 from comd_jax.train.sequence import check_tokenizer, train_stages
 

@@ -8,7 +8,7 @@ import jax
 
 from comd_jax import config as config_lib
 from comd_jax import pretrained
-from comd_jax.distill.job import Job
+from comd_jax.job import Job
 from comd_jax.train.sequence import check_tokenizer, params_fingerprint, stage_config, train_stages
 
 

@@ -27,7 +27,7 @@ from typing import Optional
 import numpy as np
 
 from comd_jax import atomic, multihost
-from comd_jax.distill.job import Job
+from comd_jax.job import Job
 from comd_jax.distill.pool import PoolEntry
 from comd_jax.distill.protocol import Kind
 

@@ -23,7 +23,7 @@ def export(config, workdir: str, out_dir: str) -> dict:
     """The finished teacher of a `configs/comd.py:teacher` run in `workdir` → `out_dir`."""
     from comd_jax import config as config_lib
     from comd_jax.convert.hf import save_pretrained
-    from comd_jax.distill.job import Job
+    from comd_jax.job import Job
     from comd_jax.checkpoints import load_model
 
     job = Job.start(config, workdir)  # the run's mesh and world (already built: only read here)
@@ -50,7 +50,7 @@ def export(config, workdir: str, out_dir: str) -> dict:
 def measure(config, workdir: str, directory: str) -> dict:
     """The exported teacher's held-out scores (per skill and mean, `distill.eval_limit` examples)
     and image reliance, through the world evaluator every CoMD run uses, in process."""
-    from comd_jax.distill.job import Job
+    from comd_jax.job import Job
     from comd_jax.distill.offline import WorldEvaluator
     from comd_jax.eval.loading import make_answerer
 

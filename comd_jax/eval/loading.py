@@ -13,7 +13,7 @@ import os
 
 from comd_jax import multihost
 from comd_jax.eval.answerer import GreedyAnswerer
-from comd_jax.checkpoints import is_transformers_dir, load_model
+from comd_jax.checkpoints import load_model
 
 
 def infer_workdir(checkpoint: str, fallback: str) -> str:
@@ -35,35 +35,13 @@ def world_spec(config):
 
 def make_answerer(config, model_section, checkpoint: str, workdir: str, *, max_new_tokens: int = 64,
                   batch_size: int = 8) -> GreedyAnswerer:
-    from transformers import AutoTokenizer
-
     from comd_jax import config as config_lib
-    from comd_jax import stages
-    from comd_jax.data.images import ImageProcessorConfig
+    from comd_jax.job import mesh_of, tokenizer_and_processor
 
-    model = load_model(config_lib.model_config(model_section), checkpoint, *_job_mesh(config))
-    data = stages.stage_data(config, workdir)
-    tokenizer_dir, image_config = data.tokenizer_dir, data.image_processor
-    # A transformers directory saved with its tokenizer / processor brings its own.
-    if is_transformers_dir(checkpoint) and os.path.isfile(os.path.join(checkpoint, "tokenizer.json")):
-        tokenizer_dir = checkpoint
-    if is_transformers_dir(checkpoint) and os.path.isfile(os.path.join(checkpoint, "preprocessor_config.json")):
-        image_config = ImageProcessorConfig.from_pretrained(checkpoint)
-    return GreedyAnswerer(model, AutoTokenizer.from_pretrained(tokenizer_dir), image_config,
-                          template=config.tune.template, max_new_tokens=max_new_tokens, batch_size=batch_size)
-
-
-def _job_mesh(config) -> tuple:
-    """(mesh, recipe) over every host's devices for a multi-host job; () for one process."""
-    import jax
-
-    if jax.process_count() == 1:
-        return ()
-    from comd_jax import config as config_lib
-    from comd_jax import sharding as shd
-
-    mesh_cfg = config_lib.mesh_config(config.mesh)
-    return shd.make_mesh(mesh_cfg.shape(jax.device_count())), mesh_cfg.recipe
+    model = load_model(config_lib.model_config(model_section), checkpoint, *mesh_of(config))
+    tokenizer, image_config = tokenizer_and_processor(config, workdir, checkpoint)
+    return GreedyAnswerer(model, tokenizer, image_config, template=config.tune.template,
+                          max_new_tokens=max_new_tokens, batch_size=batch_size)
 
 
 class _UnusedJudge:

@@ -10,10 +10,8 @@ is the instruction-tuning stage's (`config.tune.template`, else vicuna_v1).
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
-import jax
 
 from comd_jax import config as config_lib
 from comd_jax import sharding as shd
@@ -25,28 +23,17 @@ from comd_jax.serve.prompts import Limits, Prompter
 def engine_from_config(config, workdir: str, checkpoint: Optional[str] = None, *,
                        engine_config: EngineConfig = EngineConfig(), limits: Limits = Limits()):
     """(Engine, Prompter) for `config.teacher`."""
-    from transformers import AutoTokenizer
-
-    from comd_jax import stages
-    from comd_jax.data.images import ImageProcessorConfig
+    from comd_jax.job import mesh_of, tokenizer_and_processor
 
     model_cfg = config_lib.model_config(config.teacher)
-    mesh_cfg = config_lib.mesh_config(config.mesh)
-    mesh = shd.make_mesh(mesh_cfg.shape(jax.device_count()))
-    # A transformers teacher (LLaVA-13B) brings its own tokenizer and image processor; they win over
-    # the student's data, whose vocabulary may differ.
-    own = checkpoint if checkpoint and "://" not in checkpoint and os.path.isdir(checkpoint) else None
-    own_tokenizer = own and os.path.isfile(os.path.join(own, "tokenizer_config.json"))
-    own_processor = own and os.path.isfile(os.path.join(own, "preprocessor_config.json"))
-    data = None if own_tokenizer and own_processor else stages.stage_data(config, workdir)
-    tokenizer = AutoTokenizer.from_pretrained(own if own_tokenizer else data.tokenizer_dir)
-    image_processor = ImageProcessorConfig.from_pretrained(own) if own_processor else data.image_processor
-    model = load_model(model_cfg, checkpoint, mesh, mesh_cfg.recipe, config.seed)
+    mesh, recipe = mesh_of(config)
+    tokenizer, image_processor = tokenizer_and_processor(config, workdir, checkpoint)
+    model = load_model(model_cfg, checkpoint, mesh, recipe, config.seed)
     template = config.tune.template if "tune" in config else "vicuna_v1"
     prompter = Prompter(tokenizer, image_processor, template=template,
                         image_token_id=model.cfg.image_token_id, num_image_tokens=model.cfg.num_image_tokens,
                         limits=limits)
-    engine = Engine(model, tokenizer, engine_config, mesh=mesh, rules=shd.rules_for(mesh_cfg.recipe),
+    engine = Engine(model, tokenizer, engine_config, mesh=mesh, rules=shd.rules_for(recipe),
                     seed=config.seed)
     return engine, prompter
 
