@@ -32,11 +32,12 @@ INSTALL_REQUIRES = [
 
 TEST_REQUIRES = [
     "pytest>=8",
+    "pytest-xdist>=3.5",  # the suite runs on every core (setup.cfg: -n auto), end-to-end runs beside the rest
     # Test-only PyTorch reference for parity; the exact pin takes the CPU build on disk.
     "torch==2.13.0",
-    # The official client talks to our server in tests/test_serve.py.
+    # The official client talks to our server in tests/serve/test_serve.py.
     "openai>=1.30",
-    "rouge-score>=0.1.2",  # the reference the ROUGE-L filter is checked against (tests/test_rouge.py)
+    "rouge-score>=0.1.2",  # the reference the ROUGE-L filter is checked against (tests/distill/test_rouge.py)
     "nbformat>=5",  # reads launch/colab_tpu_demo.ipynb to run its cells on CPU (test_colab_notebook.py)
 ]
 

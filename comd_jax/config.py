@@ -10,13 +10,13 @@ import os
 
 import ml_collections
 
+from comd_jax import configs
 from comd_jax.models.config import DecoderConfig, RopeConfig, VisionConfig, VLMConfig
 from comd_jax.sharding import MeshConfig
 from comd_jax.train.optim import OptimConfig
 
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CONFIG_FILE = os.path.join(REPO, "configs", "comd.py")
+DEFAULT_CONFIG_FILE = configs.COMD
 
 
 def load_config_file(spec: str = DEFAULT_CONFIG_FILE) -> ml_collections.ConfigDict:
@@ -24,7 +24,9 @@ def load_config_file(spec: str = DEFAULT_CONFIG_FILE) -> ml_collections.ConfigDi
 
     For scripts and tests that need an experiment config without absl flags.
     """
-    path, _, arg = spec.partition(":")
+    from comd_jax.cli import config_arg
+
+    path, _, arg = config_arg.resolve([f"--config={spec}"])[0][len("--config="):].partition(":")
     module_spec = importlib.util.spec_from_file_location("_experiment_config", path)
     if module_spec is None or not os.path.isfile(path):
         raise FileNotFoundError(f"no config file at {path!r}")
@@ -34,7 +36,7 @@ def load_config_file(spec: str = DEFAULT_CONFIG_FILE) -> ml_collections.ConfigDi
 
 
 def preset(name: str) -> ml_collections.ConfigDict:
-    """One preset of the repository's own configs/comd.py (default, smoke, paper, ablation)."""
+    """One preset of comd_jax/configs/comd.py (default, smoke, paper, ablation, teacher)."""
     return load_config_file(f"{DEFAULT_CONFIG_FILE}:{name}")
 
 

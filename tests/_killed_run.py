@@ -12,8 +12,8 @@ import runpy
 import signal
 import sys
 
+# Run with the checkout on PYTHONPATH, as the e2e tests start it.
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 from comd_jax.distill import pool, rounds  # noqa: E402
 

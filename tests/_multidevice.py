@@ -10,8 +10,8 @@ import os
 import subprocess
 import sys
 import textwrap
+from tests._paths import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_with_devices(code: str, devices: int = 8, timeout: int = 600) -> dict:

@@ -11,8 +11,8 @@ import pytest
 
 from comd_jax import config as config_lib
 from comd_jax.distill.teacher_manifest import SHIPPED
+from tests._paths import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGE = os.path.join(REPO, "docs", "config.md")
 PRESETS = ("default", "smoke", "paper", "ablation", "teacher")
 OPAQUE = ("ablation.variants",)  # a table of overrides, documented as one key

@@ -4,6 +4,7 @@ import os
 import pytest
 
 from comd_jax import config as config_lib
+from tests._paths import REPO
 
 
 @pytest.mark.parametrize("preset", ["default", "smoke", "paper", "ablation", "teacher"])
@@ -123,7 +124,7 @@ def test_world_spec_is_read_from_the_data_section_in_one_place():
 
 
 def test_config_files_load_by_path_and_preset_as_the_flag_reads_them(tmp_path):
-    path = os.path.join(config_lib.REPO, "configs", "comd.py")
+    path = os.path.join(REPO, "configs", "comd.py")  # the checkout's name for the packaged presets
     by_path = config_lib.load_config_file(f"{path}:smoke")
     assert by_path.preset == "smoke" and by_path.to_dict() == config_lib.preset("smoke").to_dict()
     assert config_lib.load_config_file(path).preset == "default"

@@ -4,8 +4,8 @@ import subprocess
 import sys
 
 from comd_jax import cpu_env
+from tests._paths import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_defaults_fill_only_what_is_missing():

@@ -9,6 +9,7 @@ import pytest
 from absl import flags as absl_flags
 
 from comd_jax import distributed as dist
+from tests._paths import REPO
 
 SLURM_2x4 = {  # 2 nodes, one task per GPU (4 per node); this is task 5 = node 2, GPU 1
     "SLURM_JOB_ID": "77", "SLURM_NTASKS": "8", "SLURM_PROCID": "5", "SLURM_LOCALID": "1",
@@ -80,7 +81,6 @@ def test_bad_settings_say_what_is_missing(kwargs, message):
 
 
 # -- the launchers' shared start-up flags ---------------------------------------------------------
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHERS = ("train.py", "eval.py", "serve_teacher.py")
 
 

@@ -4,7 +4,9 @@ hoists it), and the library never imports its benchmarks."""
 import ast
 import os
 
-PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "comd_jax")
+from tests._paths import REPO
+
+PACKAGE = os.path.join(REPO, "comd_jax")
 
 
 def _modules(root: str) -> dict:

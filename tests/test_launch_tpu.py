@@ -11,8 +11,8 @@ import stat
 import subprocess
 
 import pytest
+from tests._paths import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TPU = os.path.join(REPO, "launch", "tpu")
 
 GCLOUD = r"""#!/usr/bin/env bash

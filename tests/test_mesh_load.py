@@ -12,8 +12,8 @@ import sys
 import numpy as np
 
 import hf_tiny as H
+from tests._paths import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = r"""
 import json, sys

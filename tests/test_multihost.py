@@ -30,10 +30,10 @@ class Counts(dict):
 
 
 def run_loop(workdir: str, counts: Counts) -> dict:
-    """tests/test_rounds.py's two-round loop, with every remote-side call counted; the
+    """tests/distill/test_rounds.py's two-round loop, with every remote-side call counted; the
     student and the tuner check (collectively, when there are several processes) that all
     processes work on the same chunk and the same train.json."""
-    import test_rounds as tr
+    from tests.distill import test_rounds as tr
     from jax.experimental import multihost_utils
 
     import jax

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import sys
 
 import numpy as np
 from absl import app, flags
@@ -151,4 +152,6 @@ if __name__ == "__main__":
         workdir = launcher.start(config, flags.FLAGS.workdir)
         run_ablation(config, workdir)
 
-    app.run(main)
+    from comd_jax.cli import config_arg
+
+    app.run(main, argv=config_arg.resolve(sys.argv))

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 
-from comd_jax import atomic, multihost
+from comd_jax import atomic, configs, multihost
 from comd_jax.serve.client import openai_base  # noqa: F401 (the driver's import)
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def snapshot(config, workdir: str) -> str:
@@ -15,7 +13,7 @@ def snapshot(config, workdir: str) -> str:
     path = os.path.join(workdir, "config.json")
     if multihost.is_writer():
         atomic.write_text(path, config.to_json(indent=2))  # the teacher server reads it back
-    return f"{os.path.join(REPO, 'configs', 'snapshot.py')}:{path}"
+    return f"{configs.SNAPSHOT}:{path}"
 
 
 def api_key(config, field: str, default: str = "") -> str:
@@ -53,7 +51,7 @@ class TeacherEndpoint:
         self.url = config.distill.teacher_url
         if not self.url and not checkpoint:
             raise ValueError("the CoMD rounds need a teacher: set config.distill.teacher_url (an OpenAI-compatible "
-                             "base URL) or config.distill.teacher_checkpoint (served by launch/serve_teacher.py)")
+                             "base URL) or config.distill.teacher_checkpoint (served by python -m comd_jax.serve)")
         self.key = api_key(config, "teacher_api_key_env", "COMD_TEACHER_API_KEY")
         self.server = None if self.url or not multihost.is_writer() else server_cls(
             snapshot(config, workdir), workdir=workdir, checkpoint=checkpoint,

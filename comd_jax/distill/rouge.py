@@ -9,7 +9,7 @@ bit-parallel across all cores.
 Scores equal `rouge_scorer.RougeScorer(["rougeL"]).score(target, prediction).fmeasure`
 bit for bit: the same tokenizer (lower-case, runs of [a-z0-9], no stemmer) and the same
 float operations (precision, recall, then 2PR/(P+R)), so a candidate sits on the same side
-of the limit with either library (tests/test_rouge.py checks this on a sample).
+of the limit with either library (tests/distill/test_rouge.py checks this on a sample).
 """
 from __future__ import annotations
 

@@ -181,7 +181,7 @@ def user_kind(job: Job) -> Kind:
     if not d.get("teacher_url", "") and not d.get("teacher_checkpoint", ""):
         raise ValueError("the CoMD rounds on your data need a teacher: set config.distill.teacher_url (an "
                          "OpenAI-compatible base URL such as vLLM's http://host:8000/v1) or "
-                         "config.distill.teacher_checkpoint (served by launch/serve_teacher.py)")
+                         "config.distill.teacher_checkpoint (served by python -m comd_jax.serve)")
     if d.augmentor == "procedural":
         raise ValueError("config.distill.augmentor='procedural' draws new scenes of the offline world; on your "
                          "data use 'llm' (the teacher writes new instructions)")

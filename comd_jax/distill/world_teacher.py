@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 
 # The manifest's checks, here too for the CLI and the configs.
 from comd_jax.distill.teacher_manifest import MANIFEST, SHIPPED, check_world, sha256_of, verify, world_of  # noqa: F401
@@ -85,9 +86,13 @@ if __name__ == "__main__":
     from absl import app, flags
     from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", "configs/comd.py:teacher", "The teacher's config (path[:preset]).",
+    from comd_jax import configs
+
+    config_flags.DEFINE_config_file("config", f"{configs.COMD}:teacher", "The teacher's config (path[:preset]).",
                                     lock_config=True)
     flags.DEFINE_string("workdir", None, "The finished configs/comd.py:teacher run.")
     flags.DEFINE_string("out", SHIPPED, "Where the transformers directory goes (default: the package's).")
     flags.mark_flags_as_required(["workdir"])
-    app.run(main)
+    from comd_jax.cli import config_arg
+
+    app.run(main, argv=config_arg.resolve(sys.argv))

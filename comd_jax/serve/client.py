@@ -17,7 +17,7 @@ augmentor, against any OpenAI-compatible base URL (our server, vLLM, ...).
   or has no choices, `content: null`. That is `ItemSkipped(reason, message)`;
   `chat_many(..., skipped_ok=True)` returns it in the item's place.
 - `user_message(text, images)` builds OpenAI content parts with base64 data URLs.
-- `ServerProcess` starts our server (launch/serve_teacher.py) as a child,
+- `ServerProcess` starts our server (`python -m comd_jax.serve`) as a child,
   waits for /health, and stops it (SIGTERM, then kill).
 """
 from __future__ import annotations
@@ -286,7 +286,7 @@ SERVE_KEY_ENV = "COMD_SERVE_API_KEY"  # how ServerProcess hands its child the ke
 
 class ServerProcess:
     """Our server as a child process: `with ServerProcess(config_arg, workdir=...) as server:`
-    then `server.base_url`. The launcher is found beside the package (editable install)."""
+    then `server.base_url`. The child runs `python -m comd_jax.serve`."""
 
     def __init__(self, config: str, *, workdir: str, port: Optional[int] = None, checkpoint: Optional[str] = None,
                  api_key: Optional[str] = None, model_name: str = "comd-teacher", extra_args: Sequence[str] = (),
@@ -294,11 +294,9 @@ class ServerProcess:
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.model_name = model_name
-        repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        launcher = os.path.join(repo, "launch", "serve_teacher.py")
         # --distributed=none: the child is its own one-process JAX program, even when it inherits
         # SLURM or TPU variables from a multi-host parent.
-        self.args = [sys.executable, os.path.normpath(launcher), f"--config={config}", f"--port={self.port}",
+        self.args = [sys.executable, "-m", "comd_jax.serve", f"--config={config}", f"--port={self.port}",
                      f"--workdir={workdir}", f"--model_name={model_name}", "--distributed=none", *extra_args]
         if checkpoint:
             self.args.append(f"--checkpoint={checkpoint}")
@@ -308,7 +306,8 @@ class ServerProcess:
         if api_key:  # through the child's environment: a command line is anyone's to read (ps)
             self.env[SERVE_KEY_ENV] = api_key
             self.args.append(f"--api_key_env={SERVE_KEY_ENV}")
-        self.env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, self.env.get("PYTHONPATH")) if p)
+        site = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        self.env["PYTHONPATH"] = os.pathsep.join(p for p in (site, self.env.get("PYTHONPATH")) if p)
         self.proc: Optional[subprocess.Popen] = None
         self.log = None
 

@@ -23,8 +23,8 @@ from comd_jax.data import errors, images, pipeline
 from comd_jax.data.llava_json import LlavaJsonSource
 from comd_jax.data.processing import ExampleProcessor
 from comd_jax.data.templates import TEMPLATES
+from tests._paths import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IMAGE_CONFIG = images.ImageProcessorConfig(size=8)
 
 

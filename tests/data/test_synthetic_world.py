@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from comd_jax.data.synthetic import language, scene, world
+from tests._paths import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SPEC = world.WorldSpec(seed=3, num_captions=24, num_instructions=90, num_heldout=18)
 
 

@@ -114,7 +114,7 @@ def pool_job(tmp_path_factory):
     from PIL import Image
     from transformers import AutoTokenizer
 
-    import configs.comd as comd
+    from comd_jax.configs import comd
     from comd_jax.data.images import ImageProcessorConfig
     from comd_jax.data.synthetic import world
     from comd_jax.data.synthetic.tokenizer import build_world_tokenizer
@@ -201,7 +201,7 @@ def test_pool_refuses_duplicate_ids_and_a_moved_image_folder(pool_job):
 
 
 def test_tokenizer_and_image_processor_default_to_init_from(tmp_path):
-    import configs.comd as comd
+    from comd_jax.configs import comd
     from comd_jax import stages
 
     config = comd.get_config("paper")

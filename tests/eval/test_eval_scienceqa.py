@@ -6,9 +6,10 @@ import pytest
 
 from comd_jax.eval import scienceqa
 from comd_jax.eval.answerer import FixedAnswerer
+from tests._paths import FIXTURES as TEST_FIXTURES
 from comd_jax.eval.suite import EvalSettings, run_benchmark
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "eval", "scienceqa")
+FIXTURES = os.path.join(TEST_FIXTURES, "eval", "scienceqa")
 QUESTIONS = os.path.join(FIXTURES, "llava_test_CQM-A.json")
 PROBLEMS = os.path.join(FIXTURES, "problems.json")
 REPLIES = {"Which colour is the square?": "The answer is B.",   # right

@@ -12,8 +12,9 @@ from comd_jax.eval.answerer import FixedAnswerer
 from comd_jax.eval.judged import evaluate_judged, judge_for, load_bench
 from comd_jax.serve.client import Choice
 from comd_jax.eval.suite import EvalSettings, run_benchmark
+from tests._paths import FIXTURES as TEST_FIXTURES
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "eval", "llava_bench")
+FIXTURES = os.path.join(TEST_FIXTURES, "eval", "llava_bench")
 FILES = {k: os.path.join(FIXTURES, f) for k, f in
          (("q", "questions.jsonl"), ("a", "answers_gpt4.jsonl"), ("c", "context.jsonl"))}
 CANDIDATES = {"What is in the picture?": "It is yellow.", "Describe the picture in detail.": "A square.",

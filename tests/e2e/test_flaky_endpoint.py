@@ -15,14 +15,13 @@ import json
 import os
 import secrets
 import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
-from tests._multidevice import REPO
-from tests.test_comd_user_data import ENV, check_augment_counts, lines, paper_command, user_files  # noqa: F401
+from tests._paths import REPO
+from tests.e2e.test_comd_user_data import ENV, check_augment_counts, lines, paper_command
 
 pytestmark = pytest.mark.e2e
 
@@ -50,7 +49,7 @@ STYLES = ("lion", "markdown", "unparseable", "out_of", "pair")
 class FlakyEndpoint:
     """The scripted server. Everything it did is logged for the test to compare with the run."""
 
-    def __init__(self, teacher_key: str, judge_key: str, *, reject_after_gap_s: float = 0.0):
+    def __init__(self, teacher_key: str, judge_key: str, *, reject_when=None):
         self.lock = threading.Lock()
         self.log = {"posts": 0, "unavailable": 0, "unauthorized": 0, "rejected": 0, "judge": 0,
                     "sent_styles": {}, "verdicts": {}, "creator": 0, "truncated_by_round": {},
@@ -85,7 +84,7 @@ class FlakyEndpoint:
         self.url = f"http://127.0.0.1:{self.httpd.server_port}/v1"
         # Reject the first judge request after a pause this long: a later chunk or round than the
         # first, so that some verdicts are on disk when the run stops.
-        self.reject_after_gap_s, self.last_judge = reject_after_gap_s, None
+        self.reject_when = reject_when  # () -> bool: reject the judge request that finds it true, once
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def close(self):
@@ -113,8 +112,7 @@ class FlakyEndpoint:
             digest = hashlib.sha256(json.dumps(request["messages"]).encode()).digest()
             if model == JUDGE:
                 log["judge"] += 1
-                now, last, self.last_judge = time.monotonic(), self.last_judge, time.monotonic()
-                if self.reject_after_gap_s and not log["rejected"] and last and now - last > self.reject_after_gap_s:
+                if self.reject_when and not log["rejected"] and self.reject_when():
                     log["rejected"] += 1
                     return 400, {"error": {"message": "This model's maximum context length is 8192 tokens; your "
                                            "messages resulted in 9120 tokens.", "type": "invalid_request_error",
@@ -182,7 +180,7 @@ def _no_key_under(root, *keys):
 def test_paper_preset_survives_a_flaky_teacher_and_judge_and_counts_what_they_did(user_files, tmp_path):
     teacher_key, judge_key = "sk-teach-" + secrets.token_hex(16), "sk-judge-" + secrets.token_hex(16)
     clone = _clone(tmp_path)
-    env = {**ENV, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cache"), "COMD_TEACHER_API_KEY": teacher_key,
+    env = {**ENV, "COMD_TEACHER_API_KEY": teacher_key,
            "OPENAI_API_KEY": judge_key}
     endpoint = FlakyEndpoint(teacher_key, judge_key)
     try:
@@ -233,7 +231,7 @@ def _server_command_lines(stop, seen):
                 cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if "serve_teacher.py" in cmdline:
+            if "-m comd_jax.serve " in cmdline:
                 seen[pid] = cmdline
         time.sleep(0.2)
 
@@ -241,9 +239,12 @@ def _server_command_lines(stop, seen):
 def test_a_rejected_judge_request_stops_the_run_by_name_and_a_fixed_judge_resumes_it(user_files, tmp_path):
     teacher_key, judge_key = "sk-serve-" + secrets.token_hex(16), "sk-judge-" + secrets.token_hex(16)
     clone = _clone(tmp_path)
-    env = {**ENV, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cache"), "COMD_TEACHER_API_KEY": teacher_key,
+    env = {**ENV, "COMD_TEACHER_API_KEY": teacher_key,
            "OPENAI_API_KEY": judge_key}
-    broken = FlakyEndpoint("unused", judge_key, reject_after_gap_s=3.0)
+    # Rejected once a judged chunk is on disk, so that the stop falls after a finished chunk
+    # however fast the run goes (a warm compilation cache leaves no pauses to wait for).
+    assessed = lambda: any(p.stat().st_size for p in (clone / "work" / "distill").glob("round*_assess.jsonl"))
+    broken = FlakyEndpoint("unused", judge_key, reject_when=assessed)
     stop, seen = threading.Event(), {}
     watcher = threading.Thread(target=_server_command_lines, args=(stop, seen), daemon=True)
     watcher.start()

@@ -12,55 +12,11 @@ import sys
 
 import pytest
 
-from tests._multidevice import REPO
+from tests._paths import REPO, launch_env
 
 pytestmark = pytest.mark.e2e
 
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
-
-
-def _save(model_section, seed, out, world_dir):
-    import configs.comd as comd
-    from comd_jax import config as config_lib
-    from comd_jax.convert.hf import save_pretrained
-    from comd_jax.models import build
-
-    save_pretrained(build.build_model(config_lib.model_config(comd.get_config("smoke")[model_section]), seed=seed),
-                    str(out))
-    for name in os.listdir(world_dir / "tokenizer"):  # a checkpoint directory as transformers writes it
-        shutil.copy(world_dir / "tokenizer" / name, out / name)
-    shutil.copy(world_dir / "image_processor" / "preprocessor_config.json", out)
-
-
-@pytest.fixture(scope="module")
-def user_files(tmp_path_factory):
-    from PIL import Image
-
-    from comd_jax.data.synthetic import prepare, world
-
-    root = tmp_path_factory.mktemp("user")
-    wd = root / "made_by_world"
-    prepare.prepare_world(str(wd), world.WorldSpec(seed=5, num_captions=32, num_instructions=24, num_heldout=8))
-    for name, seed in (("student", 1), ("teacher", 2)):
-        (root / name).mkdir()
-        _save("model" if name == "student" else "teacher", seed, root / name, wd)
-    llava = wd / "llava"
-    samples = json.load(open(llava / "instructions.json"))
-    pool = []
-    for k, s in enumerate(samples[:10]):  # JPEGs in nested folders, integer ids
-        rel = f"scenes/part{k % 2}/{k}.jpg"
-        os.makedirs(root / "images" / os.path.dirname(rel), exist_ok=True)
-        Image.open(llava / s["image"]).convert("RGB").save(root / "images" / rel, quality=95)
-        pool.append({"id": 1000 + k, "image": rel, "conversations": s["conversations"][:2]})
-    pool.append({"id": 2000, "image": "scenes/part0/0.jpg", "conversations": [
-        {"from": "human", "value": "<image>\nWhich colour is it?"}, {"from": "gpt", "value": "Blue."},
-        {"from": "human", "value": "How many are there?"}, {"from": "gpt", "value": "3"}]})
-    pool.append({"id": 2001, "conversations": [{"from": "human", "value": "Name a colour."},
-                                               {"from": "gpt", "value": "red"}]})
-    pool.append({"id": 2002, "image": "scenes/missing.jpg", "conversations": samples[11]["conversations"][:2]})
-    with open(root / "pool.jsonl", "w") as f:
-        f.writelines(json.dumps(p) + "\n" for p in pool)
-    return root
+ENV = launch_env()
 
 
 def command(files, workdir):
@@ -84,7 +40,7 @@ def test_user_files_run_end_to_end_and_resume_after_a_kill(user_files, tmp_path)
     clone.mkdir()
     for name in ("launch", "configs"):
         os.symlink(os.path.join(REPO, name), clone / name)
-    env = {**ENV, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cache")}
+    env = dict(ENV)
     first = subprocess.run(command(user_files, "first"), cwd=clone, env=env, capture_output=True, text=True,
                            timeout=1200)
     assert first.returncode == 0, first.stderr[-6000:]
@@ -181,7 +137,7 @@ DROP_REASONS = {"truncated", "too_short", "echoes_prompt", "answer_not_instructi
 
 def check_augment_counts(work, results):
     """Every instruction the teacher was asked for is pooled or counted as dropped, by reason (a
-    random tiny teacher writes mostly non-instructions; tests/test_flaky_endpoint.py sees real ones
+    random tiny teacher writes mostly non-instructions; tests/e2e/test_flaky_endpoint.py sees real ones
     pooled)."""
     state = json.load(open(work / "distill" / "state.json"))
     per_seed = json.load(open(work / "config.json"))["distill"]["per_seed"]
@@ -227,7 +183,7 @@ def test_paper_preset_on_user_files_with_llm_judge_and_scienceqa_resumes_after_a
     clone.mkdir()
     for name in ("launch", "configs"):
         os.symlink(os.path.join(REPO, name), clone / name)
-    env = {**ENV, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cache")}
+    env = dict(ENV)
     judge = FakeJudge()
     try:
         first = subprocess.run(paper_command(user_files, "first", judge.url), cwd=clone, env=env,

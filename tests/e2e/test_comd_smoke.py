@@ -18,14 +18,14 @@ import time
 
 import pytest
 
-from tests._multidevice import REPO
+from tests._paths import REPO, launch_env
 
 pytestmark = pytest.mark.e2e
 
 CONFIG = f"--config={os.path.join(REPO, 'configs', 'comd.py')}:smoke"
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
+ENV = launch_env()
 README_COMMAND = [sys.executable, "launch/train.py", "--config=configs/comd.py:smoke"]
-# Every launch below shares one persistent compilation cache (the environment wins over the
+# Every launch shares the session's persistent compilation cache (the environment wins over the
 # config's workdir default), as a user's resumed run does: the runs after the first load
 # their executables, and they must still end bit-identical to the uninterrupted run.
 CACHE = "JAX_COMPILATION_CACHE_DIR"
@@ -67,7 +67,6 @@ def finished_steps(stage_dir):
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    ENV[CACHE] = str(tmp_path_factory.mktemp("compilation_cache"))
     clone = checkout(tmp_path_factory.mktemp("clone"))
     proc = subprocess.run(README_COMMAND, cwd=clone, env=ENV, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-6000:]

@@ -21,7 +21,7 @@ SPEC = world.WorldSpec(seed=3, num_captions=24, num_instructions=90, num_heldout
 def tiny_student(tmp_path_factory):
     from transformers import AutoTokenizer
 
-    import configs.comd as comd
+    from comd_jax.configs import comd
     from comd_jax import config as config_lib
     from comd_jax.data.images import ImageProcessorConfig
     from comd_jax.data.synthetic.tokenizer import build_world_tokenizer
@@ -102,7 +102,7 @@ def test_greedy_answerer_batches_match_single_requests(tiny_student):
 
 
 def test_orbax_checkpoint_loads_params_only(tiny_student, tmp_path, monkeypatch):
-    import configs.comd as comd
+    from comd_jax.configs import comd
     from flax import nnx
 
     from comd_jax import config as config_lib

@@ -10,12 +10,12 @@ import subprocess
 import sys
 
 import pytest
+from tests._paths import REPO
 
 pytestmark = pytest.mark.e2e  # slow: the quick loop is pytest -m "not e2e"
 
 nbformat = pytest.importorskip("nbformat")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(REPO, "launch", "colab_tpu_demo.ipynb")
 SKIP = ("colab-only", "tpu-only")
 # The least that still runs every stage of the smoke preset once, with its evaluations.

@@ -47,7 +47,7 @@ def test_the_shipped_teacher_answers_its_worlds_held_out_questions(shipped):
 
 
 def test_the_default_world_takes_the_teachers_tokens_and_another_world_is_refused(shipped, tmp_path):
-    import configs.comd as comd
+    from comd_jax.configs import comd
     from comd_jax import stages
     from comd_jax.job import Job
     from comd_jax.distill.offline import given_teacher_matches_world
