@@ -53,11 +53,10 @@ def resolve(setting: str, workdir: Optional[str], env: Optional[Mapping[str, str
 def enable(config, workdir: Optional[str]) -> Optional[str]:
     """Point JAX's persistent compilation cache where `config.compilation_cache_dir`
     and the environment say (`resolve`) and export it to child processes; returns
-    the directory (None: left off). A config without the key (an older run's
-    snapshot) leaves the choice to the environment."""
+    the directory (None: left off)."""
     import jax
 
-    directory = resolve(config.get("compilation_cache_dir", ""), workdir)
+    directory = resolve(config.compilation_cache_dir, workdir)
     if directory is None:
         return None
     jax.config.update("jax_compilation_cache_dir", directory)

@@ -16,7 +16,7 @@ import os
 from typing import Optional
 
 # Config fields that name a local folder Orbax, TensorBoard or the compilation cache
-# may read or write. A field a config lacks (an older snapshot) is skipped.
+# may read or write.
 # `compilation_cache_dir` is not here: a relative one means "inside the workdir" (compile_cache).
 CONFIG_PATHS = ("init_from", "init_vision_from", "distill.teacher_checkpoint")
 
@@ -39,11 +39,7 @@ def absolute_config(config) -> None:
         *parents, key = dotted.split(".")
         section = config
         for name in parents:
-            section = section.get(name) if hasattr(section, "get") else None
-            if section is None:
-                break
-        if section is None or key not in section or not isinstance(section[key], str):
-            continue
+            section = section[name]
         section[key] = absolute(section[key])
 
 

@@ -38,10 +38,10 @@ def _differences(prefix: str, theirs, ours) -> list:
 
 def student_params(config, model_cfg: VLMConfig, mesh, recipe: str) -> Optional[dict]:
     """Parameters from `config.init_from` placed on `mesh`, or None (random init) when it is empty."""
-    path = config.get("init_from", "") or ""
-    vision = config.get("init_vision_from", "") or ""
+    path = config.init_from or ""
+    vision = config.init_vision_from or ""
     if not path:
-        if config.get("init_required", False):
+        if config.init_required:
             raise ValueError("config.init_from: set the pretrained student (a transformers-format LLaVA "
                              "directory, or a Vicuna/Llama directory plus config.init_vision_from=<CLIP "
                              "directory>); this preset freezes the backbones, so random weights would be useless")
@@ -80,7 +80,7 @@ def checkpoint_architecture(config) -> VLMConfig:
             return json.load(f)
 
     overrides = {}
-    if config.get("init_vision_from", ""):
+    if config.init_vision_from:
         vision = hf_config.vision_config_of(read("init_vision_from"))
         if vision is None:
             raise ValueError(f"config.init_vision_from={config.init_vision_from!r}: not a CLIP checkpoint")
@@ -101,7 +101,7 @@ def adopt_architecture(config, user_set=()) -> list:
     the checkpoint, so a preset's sizes never fight the user's checkpoint. A field the user set
     (`user_set`: the dotted names of the command line's overrides, e.g. "model.text.hidden_size")
     that disagrees is an error naming both values. Returns the fields that changed."""
-    path = config.get("init_from", "") or ""
+    path = config.init_from or ""
     if not path or "://" in path:  # an object store: the loader's own check compares later
         return []
     theirs = checkpoint_architecture(config)

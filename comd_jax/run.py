@@ -27,7 +27,7 @@ def run(config, workdir: str) -> dict:
 
         return run_comd(config, workdir)
     out = run_stages(config, workdir)
-    if config.get("world_teacher_out", ""):  # configs/comd.py:teacher: the trained model, exported and scored
+    if config.world_teacher_out:  # configs/comd.py:teacher: the trained model, exported and scored
         from comd_jax.distill import world_teacher
 
         if jax.process_index() == 0:

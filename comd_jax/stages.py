@@ -45,7 +45,7 @@ def world_spec(data_config):
     d = data_config
     return world.WorldSpec(seed=d.world_seed, image_size=d.image_size, num_captions=d.num_captions,
                            num_instructions=d.num_instructions, num_heldout=d.num_heldout,
-                           max_objects=d.get("max_objects", world.WorldSpec.max_objects))
+                           max_objects=d.max_objects)
 
 
 def _world(config, workdir: str) -> StageData:
@@ -59,7 +59,7 @@ def _world(config, workdir: str) -> StageData:
     root = world_dir(workdir)
     # data.tokenizer: the world's text in a given model's tokens (the shipped teacher's), none trained.
     files = prepare_world_once(root, spec, eval_spec, vocab_size=d.vocab_size, in_workdir="://" not in workdir,
-                               tokenizer_dir=_existing_tokenizer(d.get("tokenizer", "")))
+                               tokenizer_dir=_existing_tokenizer(d.tokenizer))
 
     def source(split, folder=None):
         if split == HELDOUT_CAPTIONS:
@@ -129,8 +129,8 @@ def _host_lock(root: str):
 
 def _from_init(config, field: str, file: str) -> str:
     """`config.data.<field>`, else the student checkpoint's own (`config.init_from`), as LLaVA users expect."""
-    value = config.data.get(field, "") or ""
-    init = config.get("init_from", "") or ""
+    value = config.data[field] or ""
+    init = config.init_from or ""
     if not value and init and ("://" in init or os.path.exists(os.path.join(init, file))):
         return init
     return value

@@ -30,8 +30,7 @@ def test_startup_makes_config_paths_absolute_and_prints_the_workdir(tmp_path, mo
     assert config.init_vision_from == ""  # unset stays unset
     assert config.distill.teacher_checkpoint == "gs://b/teacher"
     assert config.data.path == "rel.json"  # only the fields Orbax or the cache may see
-    # A config without the optional sections (an older snapshot) is fine.
-    assert paths.startup(ConfigDict({"seed": 0}), "gs://b/run") == "gs://b/run"
+    assert paths.startup(config, "gs://b/run") == "gs://b/run"  # an object store's workdir, as written
 
 
 def test_atomic_text_and_directory_leave_nothing_half_done(tmp_path):

@@ -164,6 +164,7 @@ def _default():
     c.init_from, c.init_vision_from, c.init_required = "", "", False
     # in the workdir, so a resumed run loads what the killed one compiled; "" = off
     c.compilation_cache_dir = "compilation_cache"
+    c.world_teacher_out = ""  # the teacher preset's: where its trained teacher is exported ("" = no export)
     # no pretrained backbones offline: stage 0 trains everything on captions, then the paper's two stages
     c.stages = ("stage0", "stage1", "tune")
     c.stage0 = _caption_stage(learning_rate=1e-3, trainable=(".*",), global_batch=16, total_steps=300,
@@ -224,6 +225,8 @@ def _paper():
     c.init_from, c.init_vision_from, c.init_required = "", "", True
     # Inside the workdir: a pod job resumed after a preemption skips its minutes-long compiles.
     c.compilation_cache_dir = "compilation_cache"
+    c.world_teacher_out = ""  # only the teacher preset exports one
+    c.teacher_seed = -1  # an in-run teacher only; the paper's is given
     c.stage1 = _stage(learning_rate=1e-3, global_batch=256, trainable=("projector/.*",), template="plain",
                       data="", eval_data="", length_buckets=(2048,), total_steps=2180,  # 558K captions / 256
                       save_every=500)

@@ -68,7 +68,7 @@ def run_ablation(config, workdir: str) -> dict:
     variants = config.ablation.variants.to_dict()
     # Every run: the world, the teacher (trained by the first run unless it is a given checkpoint)
     # and its held-out scores. Both variants of a seed: the warm-up student and its scores.
-    trained_teacher = () if config.distill.get("teacher_checkpoint", "") else tuple(
+    trained_teacher = () if config.distill.teacher_checkpoint else tuple(
         os.path.join("checkpoints", s) for s in config.teacher_stages)
     teacher = ("world",) + trained_teacher + (os.path.join("eval", "teacher"),)
     student = tuple(os.path.join("checkpoints", s) for s in config.stages) + (os.path.join("eval", "baseline"),)

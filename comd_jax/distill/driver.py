@@ -39,7 +39,7 @@ def _llm_judge(config):
     def make(client):
         from comd_jax.distill.judges import LLMJudge
 
-        return LLMJudge(client, max_tokens=config.distill.get("judge_max_tokens", 512))
+        return LLMJudge(client, max_tokens=config.distill.judge_max_tokens)
     return make
 
 
@@ -64,7 +64,7 @@ def _judge_client(config, teacher_client):
         return teacher_client
     from comd_jax.distill.endpoint import api_key
 
-    url, key = openai_base(d.judge_url), api_key(config, "judge_api_key_env", "OPENAI_API_KEY")
+    url, key = openai_base(d.judge_url), api_key(config, "judge_api_key_env")
     if multihost.is_writer():
         check_answers(url, "judge_url", key)
     return ChatClient(ClientConfig(base_url=url, model=d.judge_model or d.teacher_model, api_key=key or None,
@@ -81,7 +81,7 @@ def answer_initial_pool(config, client, pool) -> list:
     """The first pool, its targets answered by the teacher (or, with `distill.oracle_answers`, the
     data's own answers kept). Called once, on process 0, when there is no pool yet."""
     entries = pool.entries()
-    if config.distill.get("oracle_answers", False):
+    if config.distill.oracle_answers:
         print(f"== the data's own answers fill the initial pool ({len(entries)}; oracle) ==", flush=True)
         for e in entries:
             e.provenance.update(round=-1, answered_by="oracle")
@@ -106,7 +106,7 @@ def _check(config, workdir: str) -> None:
     """What can be refused before any compute, is."""
     if config.distill.rounds > 0:  # before hours of teacher training, not after
         multihost.require_posix_workdir(workdir, "the competitive distillation loop (distill.rounds > 0)")
-    if config.distill.get("oracle_answers", False) and config.distill.augmentor != "procedural":
+    if config.distill.oracle_answers and config.distill.augmentor != "procedural":
         raise ValueError(f"distill.oracle_answers needs distill.augmentor='procedural' (its new scenes carry the "
                          f"world's answers); {config.distill.augmentor!r} writes instructions without one")
 
@@ -141,7 +141,7 @@ def run_comd(config, workdir: str) -> dict:
             else client
         evals = evaluation.Evaluations(workdir, section.benchmarks, {
             **{name: make() for name, make in evaluation.suite_benchmarks(
-                section, judge_client, config.distill.get("judge_max_tokens", 512)).items()
+                section, judge_client, config.distill.judge_max_tokens).items()
                if name in section.benchmarks}, **kind.benchmarks}, section.max_new_tokens)
         if section.benchmarks:
             print("== benchmarks: the student before round 0 ==", flush=True)

@@ -16,10 +16,10 @@ def snapshot(config, workdir: str) -> str:
     return f"{configs.SNAPSHOT}:{path}"
 
 
-def api_key(config, field: str, default: str = "") -> str:
+def api_key(config, field: str) -> str:
     """The key in the environment variable `config.distill.<field>` names ("" when unset). Keys live
     only in the environment, so no config snapshot, log or report can hold one."""
-    name = config.distill.get(field, default)
+    name = config.distill[field]
     return os.environ.get(name, "") if name else ""
 
 
@@ -52,7 +52,7 @@ class TeacherEndpoint:
         if not self.url and not checkpoint:
             raise ValueError("the CoMD rounds need a teacher: set config.distill.teacher_url (an OpenAI-compatible "
                              "base URL) or config.distill.teacher_checkpoint (served by python -m comd_jax.serve)")
-        self.key = api_key(config, "teacher_api_key_env", "COMD_TEACHER_API_KEY")
+        self.key = api_key(config, "teacher_api_key_env")
         self.server = None if self.url or not multihost.is_writer() else server_cls(
             snapshot(config, workdir), workdir=workdir, checkpoint=checkpoint,
             model_name=config.distill.teacher_model, api_key=self.key or None)

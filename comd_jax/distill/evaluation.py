@@ -49,10 +49,7 @@ class EvalSection:
 
 def eval_section(config) -> EvalSection:
     """Refuses an unknown benchmark, or one whose files are missing, by the config field's name."""
-    e = config.get("eval")
-    default = ("world",) if config.data.kind == "world" else ()
-    if e is None:  # a config.json written before the section existed
-        return EvalSection(default, EvalSettings(), config.distill.answer_max_tokens)
+    e = config.eval
     names = tuple(e.benchmarks)
     unknown = [n for n in names if n not in KNOWN]
     if unknown:
@@ -63,12 +60,12 @@ def eval_section(config) -> EvalSection:
                          "\"('scienceqa',)\", \"('llava_bench',)\" (with their files) or \"()\"")
     for name in names:
         for field in _FILES.get(name, ()):
-            path = e.get(field, "")
+            path = e[field]
             if not path:
                 raise ValueError(f"config.eval.benchmarks has {name!r}: set config.eval.{field}")
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"config.eval.{field}={path!r}: no such file")
-        folder = e.get(_FOLDERS.get(name, ""), "") if name in _FOLDERS else ""
+        folder = e[_FOLDERS[name]] if name in _FOLDERS else ""
         if folder and not os.path.isdir(folder):
             raise FileNotFoundError(f"config.eval.{_FOLDERS[name]}={folder!r}: no such folder")
     context = e.get("llava_bench_context", "")

@@ -28,7 +28,7 @@ from comd_jax.train.sequence import check_tokenizer, train_stages
 
 def teacher_seed(config) -> int:
     """The teacher's own seed (config.teacher_seed), or the run's when that is -1."""
-    return config.seed if config.get("teacher_seed", -1) < 0 else config.teacher_seed
+    return config.seed if config.teacher_seed < 0 else config.teacher_seed
 
 
 def train_teacher(job: Job) -> tuple:
@@ -79,7 +79,7 @@ class WorldEvaluator:
         # The image-reliance probe reads this many held-out examples (0: the ones the scores use):
         # four batches (64) put a teacher's +0.19 gap (2700 examples) at +0.11 on another world.
         limit = job.config.distill.eval_limit
-        self.reliance_examples = min(job.config.get("eval", {}).get("reliance_examples", 0) or limit, limit)
+        self.reliance_examples = min(job.config.eval.reliance_examples or limit, limit)
         self.settings = {"limit": limit, "spec": dataclasses.asdict(self.spec),
                          "reliance_examples": self.reliance_examples}
 
@@ -180,7 +180,7 @@ def world_kind(job: Job) -> Kind:
 
     config = job.config
     # A teacher of the user's (distill.teacher_checkpoint) stands in for the world's own.
-    checkpoint, summaries = (config.distill.teacher_checkpoint, []) if config.distill.get("teacher_checkpoint", "") \
+    checkpoint, summaries = (config.distill.teacher_checkpoint, []) if config.distill.teacher_checkpoint \
         else train_teacher(job)
     given_teacher_matches_world(job, checkpoint)
     pool = WorldPool(os.path.join(stages_lib.world_dir(job.workdir), "llava"), config.distill.pool_size)

@@ -39,13 +39,11 @@ def engine_from_config(config, workdir: str, checkpoint: Optional[str] = None, *
 
 
 def limits_of(config) -> Limits:
-    """The server's request limits from `config.serve` (a config without the section: the defaults).
+    """The server's request limits from `config.serve`.
     A LLaVA-1.5 prompt alone is 576 image tokens, so the paper preset raises them."""
     import dataclasses
 
-    section = config.get("serve")
-    if section is None:
-        return Limits()
+    section = config.serve
     known = {f.name for f in dataclasses.fields(Limits)}
     unknown = sorted(set(section) - known)
     if unknown:

@@ -23,7 +23,7 @@ def stage_config(name: str, section) -> StageConfig:
         grad_accum_steps=section.grad_accum_steps, log_every=section.log_every, eval_every=section.eval_every,
         eval_batches=section.eval_batches, save_every=section.save_every,
         keep_checkpoints=section.keep_checkpoints,
-        head_capacity_steps=section.get("head_capacity_steps", 0))
+        head_capacity_steps=section.head_capacity_steps)
 
 
 def _flops_per_step(model_cfg, section) -> float:
@@ -69,7 +69,7 @@ def train_stages(config, workdir: str, model_cfg, stage_names, data, tokenizer, 
                                                seed=seed)
         # No held-out set named (the paper preset's stages, until the user gives one): no held-out loss.
         eval_data = stages_lib.eval_batches(data, section, tokenizer, model_cfg.num_image_tokens) \
-            if section.get("eval_data", "") else None
+            if section.eval_data else None
         with train_data:
             state, summary = train_stage(stage, model_cfg, mesh, recipe, seed, workdir,
                                          train_data, eval_data, init_params=params,

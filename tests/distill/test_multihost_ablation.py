@@ -11,7 +11,7 @@ import sys
 import test_multihost  # tests/ is on the path (setup.cfg)
 
 CONFIG = {"seed": 0, "teacher_seed": -1, "teacher_stages": ["teacher_stage0"], "stages": ["stage0"],
-          "distill": {"rounds": 2, "competitive": True, "seed_policy": "hard"},
+          "distill": {"rounds": 2, "competitive": True, "seed_policy": "hard", "teacher_checkpoint": ""},
           "ablation": {"seeds": [0, 1], "variants": {"comd": {}, "plain": {"distill": {"competitive": False}}}}}
 PARTS = ("world", "checkpoints/teacher_stage0", "checkpoints/stage0")
 

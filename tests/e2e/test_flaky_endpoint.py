@@ -224,14 +224,15 @@ def test_paper_preset_survives_a_flaky_teacher_and_judge_and_counts_what_they_di
     assert teacher_key not in run.stdout + run.stderr and judge_key not in run.stdout + run.stderr
 
 
-def _server_command_lines(stop, seen):
+def _server_command_lines(stop, seen, workdir):
+    """Our server children of the run in `workdir` (their --config names its config.json), as ps shows them."""
     while not stop.is_set():
         for pid in os.listdir("/proc"):
             try:
                 cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if "-m comd_jax.serve " in cmdline:
+            if "-m comd_jax.serve " in cmdline and str(workdir) in cmdline:
                 seen[pid] = cmdline
         time.sleep(0.2)
 
@@ -246,7 +247,7 @@ def test_a_rejected_judge_request_stops_the_run_by_name_and_a_fixed_judge_resume
     assessed = lambda: any(p.stat().st_size for p in (clone / "work" / "distill").glob("round*_assess.jsonl"))
     broken = FlakyEndpoint("unused", judge_key, reject_when=assessed)
     stop, seen = threading.Event(), {}
-    watcher = threading.Thread(target=_server_command_lines, args=(stop, seen), daemon=True)
+    watcher = threading.Thread(target=_server_command_lines, args=(stop, seen, clone / "work"), daemon=True)
     watcher.start()
     try:
         first = subprocess.run(_command(user_files, "work", broken.url), cwd=clone, env=env, capture_output=True,

@@ -23,7 +23,7 @@ import numpy as np
 import test_multihost  # tests/ is on the path (setup.cfg)
 
 DATA = dict(kind="world", world_seed=5, image_size=32, num_captions=6, num_instructions=6, num_heldout=4,
-            vocab_size=512)
+            vocab_size=512, max_objects=5, tokenizer="")
 
 
 def world_digest(data) -> dict:

@@ -28,10 +28,11 @@ def test_where_the_cache_goes(tmp_path):
 _CHILD = """
 import json, os, sys
 import jax, jax.numpy as jnp
+from ml_collections import ConfigDict
 from comd_jax import compile_cache
 events = []
 jax.monitoring.register_event_listener(lambda name, **kw: events.append(name))
-used = compile_cache.enable({"compilation_cache_dir": sys.argv[1]}, sys.argv[2])
+used = compile_cache.enable(ConfigDict({"compilation_cache_dir": sys.argv[1]}), sys.argv[2])
 f = jax.jit(lambda x: jnp.tanh(x @ x.T).sum())
 f(jnp.ones((64, 64))).block_until_ready()
 print(json.dumps({"used": used, "exported": os.environ.get("JAX_COMPILATION_CACHE_DIR"),
