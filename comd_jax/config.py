@@ -26,7 +26,7 @@ def load_config_file(spec: str = DEFAULT_CONFIG_FILE) -> ml_collections.ConfigDi
     """
     from comd_jax.cli import config_arg
 
-    path, _, arg = config_arg.resolve([f"--config={spec}"])[0][len("--config="):].partition(":")
+    path, _, arg = config_arg.resolve_value(spec).partition(":")
     module_spec = importlib.util.spec_from_file_location("_experiment_config", path)
     if module_spec is None or not os.path.isfile(path):
         raise FileNotFoundError(f"no config file at {path!r}")

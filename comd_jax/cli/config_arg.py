@@ -11,7 +11,8 @@ from typing import List, Sequence
 from comd_jax import configs
 
 
-def _resolve(value: str) -> str:
+def resolve_value(value: str) -> str:
+    """One `--config` value (path[:arg]): the packaged config when the path is not a file here."""
     path, sep, arg = value.partition(":")
     if os.path.isfile(path):
         return value
@@ -28,10 +29,10 @@ def resolve(argv: Sequence[str], flag: str = "config") -> List[str]:
     out, key, take_next = [], f"--{flag}", False
     for a in argv:
         if take_next:
-            out.append(_resolve(a))
+            out.append(resolve_value(a))
             take_next = False
         elif a.startswith(key + "="):
-            out.append(key + "=" + _resolve(a[len(key) + 1:]))
+            out.append(key + "=" + resolve_value(a[len(key) + 1:]))
         else:
             take_next = a == key
             out.append(a)

@@ -44,7 +44,7 @@ def single_process_plan(flag_values=None) -> distributed.Plan:
     plan = distributed.plan_from_flags(flag_values)
     if distributed.multiprocess(plan):
         raise SystemExit(
-            f"serve_teacher.py serves from one process on one host; got {plan.describe()}. Run it on one "
+            f"the teacher server serves from one process on one host; got {plan.describe()}. Run it on one "
             "host only (config.mesh spreads the teacher over that host's devices), with --distributed=none "
             "if SLURM or TPU variables in the environment suggest a multi-host job. A multi-host server "
             "would need every process to replay process 0's batches, which the engine does not do.")

@@ -3,7 +3,7 @@
 `comd.py` holds the presets (`get_config("smoke")`, ...); `snapshot.py` reloads a run's
 `WORKDIR/config.json` for its child processes. The checkout's `configs/*.py` re-export them, so
 `--config=configs/comd.py:smoke` works in a clone, and the launchers find the same names here
-from any directory (`comd_jax/cli/flags.py`).
+from any directory (`comd_jax/cli/config_arg.py`).
 """
 import os
 

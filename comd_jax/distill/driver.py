@@ -30,8 +30,7 @@ def distill_config(config) -> DistillConfig:
         rounds=d.rounds, competitive=d.competitive, teacher_floor=d.teacher_floor or None,
         max_new_per_round=d.max_new_per_round, answer_max_tokens=d.answer_max_tokens,
         concurrency=d.concurrency, assess_chunk=d.assess_chunk, seed=config.seed, seed_policy=d.seed_policy,
-        # .get: a config.json written before these fields existed still resumes
-        seeds_per_round=d.get("seeds_per_round", 0), oracle_answers=d.get("oracle_answers", False),
+        seeds_per_round=d.seeds_per_round, oracle_answers=d.oracle_answers,
         selection=SelectionConfig(threshold=d.threshold, easy_keep=d.easy_keep, student_margin=d.student_margin))
 
 
@@ -58,8 +57,8 @@ def _judge_client(config, teacher_client):
     from comd_jax.serve.client import ChatClient, ClientConfig
 
     d = config.distill
-    if not d.get("judge_url", ""):
-        if d.get("judge_model", "") and d.judge_model != d.teacher_model:
+    if not d.judge_url:
+        if d.judge_model and d.judge_model != d.teacher_model:
             return ChatClient(dataclasses.replace(teacher_client.config, model=d.judge_model))
         return teacher_client
     from comd_jax.distill.endpoint import api_key
@@ -132,7 +131,7 @@ def run_comd(config, workdir: str) -> dict:
     warm_up = student.warm_up()
 
     d = config.distill
-    endpoint = TeacherEndpoint(config, workdir, d.get("teacher_checkpoint", "") or kind.teacher_checkpoint,
+    endpoint = TeacherEndpoint(config, workdir, d.teacher_checkpoint or kind.teacher_checkpoint,
                                ServerProcess)
     with endpoint as base_url:
         client = ChatClient(ClientConfig(base_url=base_url, model=d.teacher_model, api_key=endpoint.key or None,

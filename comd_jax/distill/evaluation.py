@@ -68,16 +68,16 @@ def eval_section(config) -> EvalSection:
         folder = e[_FOLDERS[name]] if name in _FOLDERS else ""
         if folder and not os.path.isdir(folder):
             raise FileNotFoundError(f"config.eval.{_FOLDERS[name]}={folder!r}: no such folder")
-    context = e.get("llava_bench_context", "")
+    context = e.llava_bench_context
     if "llava_bench" in names and context and not os.path.isfile(context):
         raise FileNotFoundError(f"config.eval.llava_bench_context={context!r}: no such file")
-    files = EvalSettings(question_file=e.get("scienceqa_questions", ""), problems_file=e.get("scienceqa_problems", ""),
-                         image_folder=e.get("scienceqa_images", ""),
-                         bench_questions=e.get("llava_bench_questions", ""),
-                         bench_answers=e.get("llava_bench_answers", ""), bench_context=context,
-                         limit=e.get("limit", 0) or None)
-    return EvalSection(names, files, e.get("max_new_tokens", 0) or config.distill.answer_max_tokens,
-                       e.get("llava_bench_images", "") or os.path.dirname(files.bench_questions))
+    files = EvalSettings(question_file=e.scienceqa_questions, problems_file=e.scienceqa_problems,
+                         image_folder=e.scienceqa_images,
+                         bench_questions=e.llava_bench_questions,
+                         bench_answers=e.llava_bench_answers, bench_context=context,
+                         limit=e.limit or None)
+    return EvalSection(names, files, e.max_new_tokens or config.distill.answer_max_tokens,
+                       e.llava_bench_images or os.path.dirname(files.bench_questions))
 
 
 class SuiteBenchmark:

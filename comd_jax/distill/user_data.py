@@ -55,7 +55,7 @@ class LlavaPool:
     def open(cls, job: Job, student_cfg) -> "LlavaPool":
         """Checks the files, lints every sample and records the image folder: all before any compute."""
         d = job.config.distill
-        path, folder = d.get("pool_data", ""), d.get("image_folder", "")
+        path, folder = d.pool_data, d.image_folder
         if not path:
             raise ValueError("config.distill.pool_data: set the instructions the CoMD pool starts from "
                              "(LLaVA JSON or JSONL)")
@@ -178,7 +178,7 @@ def user_kind(job: Job) -> Kind:
 
     config = job.config
     d = config.distill
-    if not d.get("teacher_url", "") and not d.get("teacher_checkpoint", ""):
+    if not d.teacher_url and not d.teacher_checkpoint:
         raise ValueError("the CoMD rounds on your data need a teacher: set config.distill.teacher_url (an "
                          "OpenAI-compatible base URL such as vLLM's http://host:8000/v1) or "
                          "config.distill.teacher_checkpoint (served by python -m comd_jax.serve)")
@@ -196,6 +196,6 @@ def user_kind(job: Job) -> Kind:
         os.makedirs(os.path.join(job.workdir, "distill"), exist_ok=True)
         atomic.write_text(os.path.join(job.workdir, "distill", "pool_lint.json"), json.dumps(pool.lint, indent=2))
 
-    return Kind(pool=pool, teacher_checkpoint=d.get("teacher_checkpoint", ""),
+    return Kind(pool=pool, teacher_checkpoint=d.teacher_checkpoint,
                 judges={"reference": lambda client: PoolReferenceJudge()},
                 title=f"CoMD on {os.path.basename(pool.path)}: scores by round", report={"pool_lint": pool.lint})
