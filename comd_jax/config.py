@@ -1,6 +1,6 @@
-"""Validate once: the experiment ConfigDict → small frozen dataclasses.
-
-Each module receives only its own dataclass, never the whole experiment config.
+"""Loading experiment configs, and the section builders `comd_jax.experiment.validate` uses to
+turn the ConfigDict into frozen dataclasses once, at start-up (model, mesh, optimizer). Each
+builder takes a section in either form and returns its dataclass; one already built passes.
 """
 from __future__ import annotations
 
@@ -40,12 +40,12 @@ def preset(name: str) -> ml_collections.ConfigDict:
     return load_config_file(f"{DEFAULT_CONFIG_FILE}:{name}")
 
 
-def _fields(cls, section, drop=()) -> dict:
+def _fields(cls, section, drop=(), where: str = "") -> dict:
     names = {f.name for f in dataclasses.fields(cls)} - set(drop)
-    values = section.to_dict() if isinstance(section, ml_collections.ConfigDict) else dict(section)
+    values = as_dict(section)
     unknown = set(values) - names - set(drop)
     if unknown:
-        raise ValueError(f"{cls.__name__}: unknown settings {sorted(unknown)}; known: {sorted(names)}")
+        raise ValueError(f"{where or cls.__name__}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
     return {k: v for k, v in values.items() if k in names}
 
 
@@ -53,24 +53,37 @@ def _tuples(d: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
 
-def model_config(section) -> VLMConfig:
-    """`config.model` (or `config.teacher`) → VLMConfig."""
-    values = section.to_dict() if isinstance(section, ml_collections.ConfigDict) else dict(section)
+def as_dict(section) -> dict:
+    """A section's keys and values, whichever form it has (ConfigDict, frozen dataclass, dict)."""
+    if isinstance(section, ml_collections.ConfigDict):
+        return section.to_dict()
+    if dataclasses.is_dataclass(section):
+        return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
+    return dict(section)
+
+
+def model_config(section, where: str = "config.model") -> VLMConfig:
+    """`config.model` (or `config.teacher`) → VLMConfig; one already validated is returned as is."""
+    if isinstance(section, VLMConfig):
+        return section
+    values = as_dict(section)
     text = dict(values.pop("text"))
     rope = RopeConfig(**_tuples(text.pop("rope", {}) or {}))
-    fields = _fields(VLMConfig, {**values, "text": None, "vision": None})
+    fields = _fields(VLMConfig, {**values, "text": None, "vision": None}, where=where)
     vision = values.get("vision")
-    fields["text"] = DecoderConfig(rope=rope, **_fields(DecoderConfig, text, drop=("rope",)))
-    fields["vision"] = VisionConfig(**_fields(VisionConfig, vision)) if vision else None
+    fields["text"] = DecoderConfig(rope=rope, **_fields(DecoderConfig, text, drop=("rope",), where=f"{where}.text"))
+    fields["vision"] = VisionConfig(**_fields(VisionConfig, vision, where=f"{where}.vision")) if vision else None
     return VLMConfig(**fields)
 
 
 def mesh_config(section) -> MeshConfig:
-    return MeshConfig(**_fields(MeshConfig, section))
+    if isinstance(section, MeshConfig):
+        return section
+    return MeshConfig(**_fields(MeshConfig, section, where="config.mesh"))
 
 
 def optim_config(section) -> OptimConfig:
     """A training stage section (`config.stage1`, `config.tune`); non-optimizer keys are ignored."""
-    values = section.to_dict() if isinstance(section, ml_collections.ConfigDict) else dict(section)
+    values = as_dict(section)
     names = {f.name for f in dataclasses.fields(OptimConfig)}
     return OptimConfig(**_tuples({k: v for k, v in values.items() if k in names}))

@@ -43,7 +43,7 @@ def tokenizer_and_processor(config, workdir: str, checkpoint: Optional[str]) -> 
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-    config: object  # the run's ConfigDict
+    config: object  # the run's validated config (comd_jax.experiment.Experiment)
     workdir: str
     mesh: object
     recipe: str
@@ -55,6 +55,9 @@ class Job:
         """The mesh over this job's devices and the data's tokenizer (the offline world is built here)."""
         from transformers import AutoTokenizer
 
+        from comd_jax import experiment
+
+        config = experiment.validated(config)
         mesh, recipe = mesh_of(config)
         data = stages_lib.stage_data(config, workdir)
         return cls(config, workdir, mesh, recipe, data, AutoTokenizer.from_pretrained(data.tokenizer_dir))

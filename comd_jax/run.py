@@ -19,8 +19,9 @@ from comd_jax.train.sequence import check_tokenizer, train_stages
 def run(config, workdir: str) -> dict:
     """The training stages; then, when the config has distillation rounds, the CoMD loop.
     A relative local `workdir` is taken from the current directory (Orbax needs it absolute)."""
-    from comd_jax import paths
+    from comd_jax import experiment, paths
 
+    config = experiment.validated(config)
     workdir = paths.absolute(workdir)
     if "distill" in config and config.distill.rounds > 0:
         from comd_jax.distill.driver import run_comd
@@ -36,8 +37,10 @@ def run(config, workdir: str) -> dict:
 
 
 def run_stages(config, workdir: str) -> dict:
+    from comd_jax import experiment
     from comd_jax.job import Job
 
+    config = experiment.validated(config)
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # a local folder or gs://bucket/run
     model_cfg = config_lib.model_config(config.model)
     job = Job.start(config, workdir)

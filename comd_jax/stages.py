@@ -129,7 +129,7 @@ def _host_lock(root: str):
 
 def _from_init(config, field: str, file: str) -> str:
     """`config.data.<field>`, else the student checkpoint's own (`config.init_from`), as LLaVA users expect."""
-    value = config.data[field] or ""
+    value = getattr(config.data, field) or ""
     init = config.init_from or ""
     if not value and init and ("://" in init or os.path.exists(os.path.join(init, file))):
         return init

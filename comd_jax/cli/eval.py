@@ -54,7 +54,9 @@ def main(argv):
 
     f = flags.FLAGS
     workdir = launcher.start(f.config, f.workdir)  # verbosity, the job, the workdir, the cache
-    from comd_jax import multihost, paths
+    from comd_jax import experiment, multihost, paths
+
+    config = experiment.validate(f.config)  # once, before any compute: a bad key is refused by name
     from comd_jax.eval.loading import evaluate_checkpoint
     from comd_jax.eval.suite import EvalSettings
 
@@ -64,7 +66,7 @@ def main(argv):
         bench_questions=a(f.bench_questions), bench_answers=a(f.bench_answers), bench_context=a(f.bench_context),
         judge_url=f.judge_url, judge_model=f.judge_model, judge_api_key=os.environ.get(f.judge_api_key_env, ""),
         judge_swap=f.judge_swap, limit=f.limit)
-    result = evaluate_checkpoint(f.config, a(f.checkpoint), f.benchmark, a(f.output), settings,
+    result = evaluate_checkpoint(config, a(f.checkpoint), f.benchmark, a(f.output), settings,
                                  teacher_checkpoint=a(f.teacher_checkpoint), workdir=workdir,
                                  max_new_tokens=f.max_new_tokens, batch_size=f.batch_size)
     from comd_jax.eval.report import result_markdown

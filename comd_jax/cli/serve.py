@@ -59,7 +59,9 @@ def main(argv):
     F = flags.FLAGS
     # One process only; the server's own INFO log stays on.
     workdir = launcher.start(F.config, F.workdir, plan=single_process_plan(), quiet=False)
-    serve(F.config, host=F.host, port=F.port, checkpoint=paths.absolute(F.checkpoint), api_key=api_key(F),
+    from comd_jax import experiment
+
+    serve(experiment.validate(F.config), host=F.host, port=F.port, checkpoint=paths.absolute(F.checkpoint), api_key=api_key(F),
           workdir=workdir, model_name=F.model_name)
 
 

@@ -40,6 +40,9 @@ def main(argv):
     if changed:
         logging.warning("config.model: %d field(s) taken from config.init_from's config.json:\n  %s",
                         len(changed), "\n  ".join(changed))
+    from comd_jax import experiment
+
+    config = experiment.validate(config)  # once, before any compute: a bad key is refused by name
     from comd_jax.serve.client import RequestRejected, TeacherUnavailable
 
     try:

@@ -150,6 +150,9 @@ if __name__ == "__main__":
         config = flags.FLAGS.config
         # One cache for every run and teacher server: the seeds compile the same functions.
         workdir = launcher.start(config, flags.FLAGS.workdir)
+        from comd_jax import experiment
+
+        experiment.validate(config)  # every variant's run validates its own; this refuses before any
         run_ablation(config, workdir)
 
     from comd_jax.cli import config_arg

@@ -119,6 +119,9 @@ def run_comd(config, workdir: str) -> dict:
     from comd_jax.eval.endpoint_answerer import EndpointAnswerer
     from comd_jax.serve.client import ChatClient, ClientConfig, ServerProcess
 
+    from comd_jax import experiment
+
+    config = experiment.validated(config)
     workdir = paths.absolute(workdir)
     _check(config, workdir)
     section = evaluation.eval_section(config)  # its files are checked before any compute

@@ -19,7 +19,7 @@ def snapshot(config, workdir: str) -> str:
 def api_key(config, field: str) -> str:
     """The key in the environment variable `config.distill.<field>` names ("" when unset). Keys live
     only in the environment, so no config snapshot, log or report can hold one."""
-    name = config.distill[field]
+    name = getattr(config.distill, field)
     return os.environ.get(name, "") if name else ""
 
 

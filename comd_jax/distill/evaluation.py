@@ -60,12 +60,12 @@ def eval_section(config) -> EvalSection:
                          "\"('scienceqa',)\", \"('llava_bench',)\" (with their files) or \"()\"")
     for name in names:
         for field in _FILES.get(name, ()):
-            path = e[field]
+            path = getattr(e, field)
             if not path:
                 raise ValueError(f"config.eval.benchmarks has {name!r}: set config.eval.{field}")
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"config.eval.{field}={path!r}: no such file")
-        folder = e[_FOLDERS[name]] if name in _FOLDERS else ""
+        folder = getattr(e, _FOLDERS[name]) if name in _FOLDERS else ""
         if folder and not os.path.isdir(folder):
             raise FileNotFoundError(f"config.eval.{_FOLDERS[name]}={folder!r}: no such folder")
     context = e.llava_bench_context

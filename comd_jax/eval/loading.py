@@ -58,6 +58,9 @@ def evaluate_checkpoint(config, checkpoint: str, benchmark: str, output: str, se
     """Student (and optionally teacher) from checkpoints → run_benchmark → files in `output`."""
     from comd_jax.eval.suite import EvalSettings, run_benchmark
 
+    from comd_jax import experiment
+
+    config = experiment.validated(config)
     settings = settings or EvalSettings()
     if settings.world_spec is None:
         settings = dataclasses.replace(settings, world_spec=world_spec(config))

@@ -23,8 +23,10 @@ from comd_jax.serve.prompts import Limits, Prompter
 def engine_from_config(config, workdir: str, checkpoint: Optional[str] = None, *,
                        engine_config: EngineConfig = EngineConfig(), limits: Limits = Limits()):
     """(Engine, Prompter) for `config.teacher`."""
+    from comd_jax import experiment
     from comd_jax.job import mesh_of, tokenizer_and_processor
 
+    config = experiment.validated(config)
     model_cfg = config_lib.model_config(config.teacher)
     mesh, recipe = mesh_of(config)
     tokenizer, image_processor = tokenizer_and_processor(config, workdir, checkpoint)
@@ -41,14 +43,9 @@ def engine_from_config(config, workdir: str, checkpoint: Optional[str] = None, *
 def limits_of(config) -> Limits:
     """The server's request limits from `config.serve`.
     A LLaVA-1.5 prompt alone is 576 image tokens, so the paper preset raises them."""
-    import dataclasses
+    from comd_jax import experiment
 
-    section = config.serve
-    known = {f.name for f in dataclasses.fields(Limits)}
-    unknown = sorted(set(section) - known)
-    if unknown:
-        raise ValueError(f"config.serve: unknown field(s) {unknown}; known: {sorted(known)}")
-    return Limits(**section.to_dict())
+    return experiment.validated(config).serve
 
 
 def serve(config, *, host: str = "127.0.0.1", port: int = 8000, checkpoint: Optional[str] = None,
