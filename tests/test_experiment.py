@@ -1,7 +1,6 @@
 """The config is validated once into frozen per-section dataclasses: every preset passes, and a
 bad key, type or choice is refused by its dotted name before any compute."""
 import dataclasses
-import json
 import os
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from comd_jax import experiment
 from comd_jax.models.config import VLMConfig
 from comd_jax.serve.prompts import Limits
 from comd_jax.sharding import MeshConfig
-from tests._paths import REPO, launch_env
+from tests._paths import launch_env
 
 PRESETS = ["default", "smoke", "paper", "ablation", "teacher"]
 
