@@ -1,6 +1,7 @@
 """Batched generation with continuous batching.
 
-One scheduler thread owns the model and a KV cache of [layers, B, S, kv, hd].
+One scheduler thread owns the model and a KV cache of B rows and S slots
+(`comd_jax.models.decoder.cache_shapes`).
 Each turn it admits waiting requests into free rows (one prefill pass per
 group of prompts, then their caches are written into their rows) and runs one
 decode call of `chunk` tokens for every row. A sequence that ends frees its
@@ -32,10 +33,10 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from comd_jax import sharding as shd
+from comd_jax.models.decoder import CACHE_AXES, cache_rows, cache_shapes, cache_slots
 from comd_jax.serve import kernels
 from comd_jax.serve.requests import Request, Result, Sequence
 
-CACHE_AXES = (None, "batch", None, "kv_heads", "head_dim")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,17 +184,20 @@ class Engine:
         want_b = bucket(max([rows] + [s + 1 for s in self._active]), c.batch_buckets, c.max_batch)
         want_s = bucket(max(length, self._seq_need()), c.seq_buckets, c.max_seq_len)
         if self._cache is not None:
-            _, b, s = self._cache["k"].shape[:3]
+            b, s = cache_rows(self._cache), cache_slots(self._cache)
             if b >= want_b and s >= want_s:
                 return
             want_b, want_s = max(b, want_b), max(s, want_s)
-        shape = (self.cfg.text.num_layers, want_b, want_s, self.cfg.text.num_kv_heads, self.cfg.text.head_dim)
-        sharding = NamedSharding(self.mesh, shd.logical_to_spec(CACHE_AXES, shape, self.rules, self.mesh))
         dtype = jnp.dtype(self.cfg.dtype)
-        new = {n: jax.device_put(jnp.zeros(shape, dtype), sharding) for n in ("k", "v")}
+        new = {}
+        for name, shape in cache_shapes(self.cfg.text, want_b, want_s).items():
+            spec = shd.logical_to_spec(CACHE_AXES[name], shape, self.rules, self.mesh)
+            new[name] = tuple(jax.device_put(jnp.zeros(shape, dtype), NamedSharding(self.mesh, spec))
+                              for _ in range(self.cfg.text.num_layers))
         if self._cache is not None:  # carry the running rows over
-            _, b, s = self._cache["k"].shape[:3]
-            new = {n: new[n].at[:, :b, :s].set(self._cache[n]) for n in new}
+            b, s = cache_rows(self._cache), cache_slots(self._cache)
+            new = {"k": tuple(n.at[:b, :, :, :s].set(o) for n, o in zip(new["k"], self._cache["k"])),
+                   "v": tuple(n.at[:b, :, :s].set(o) for n, o in zip(new["v"], self._cache["v"]))}
         self._cache = new
 
     def _seq_need(self) -> int:
@@ -245,7 +249,7 @@ class Engine:
         r["temp"][s.slot], r["top_p"][s.slot] = p.temperature, p.top_p
 
     def _step(self) -> None:
-        b = self._cache["k"].shape[1]
+        b = cache_rows(self._cache)
         r = self._rows
         for slot, (s, _) in self._active.items():
             r["tok"][slot], r["pos"][slot], r["count"][slot] = s.tokens[-1], s.next_position, len(s.tokens)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from comd_jax.models import decoder
 from comd_jax.serve import sampling
 
 
@@ -33,13 +34,18 @@ def prefill(graphdef, state, ids_kt, pixels, offsets_k, lengths_k, keys_k2, temp
 
 @functools.partial(jax.jit, donate_argnums=0)
 def insert(cache, prompt_cache, slots_k):
-    """Write prompt caches into rows `slots_k` of the running cache (slots 0..T-1).
+    """Write prompt caches into rows `slots_k` of the running cache (slots 0..T-1; the
+    layouts of `comd_jax.models.decoder.cache_shapes`).
 
     Rows may repeat (the engine pads a prefill group with copies of its last
     request); copies hold identical values, so the scatter stays deterministic."""
-    t = prompt_cache["k"].shape[2]
-    return {name: cache[name].at[:, slots_k, :t].set(prompt_cache[name].astype(cache[name].dtype))
-            for name in cache}
+    t = decoder.cache_slots(prompt_cache)
+
+    def put(running, prompt, name):
+        where = (slots_k, slice(None), slice(None), slice(0, t)) if name == "k" else (slots_k, slice(None), slice(0, t))
+        return running.at[where].set(prompt.astype(running.dtype))
+
+    return {name: tuple(put(r, p, name) for r, p in zip(cache[name], prompt_cache[name])) for name in cache}
 
 
 @functools.partial(jax.jit, static_argnums=(0, 9), donate_argnums=2)
@@ -50,7 +56,7 @@ def decode(graphdef, state, cache, tok_b, pos_b, count_b, keys_b2, temp_b, top_p
     the cache are clamped to its last slot (only rows that already finished
     get there, and the engine discards their tokens)."""
     model = nnx.merge(graphdef, state)
-    last_slot = cache["k"].shape[2] - 1
+    last_slot = decoder.cache_slots(cache) - 1
 
     def step(carry, j):
         tok, cache = carry
