@@ -73,7 +73,11 @@ class Engine:
         self.config = config
         self.tokenizer = tokenizer
         self.cfg = model.cfg
-        self.graphdef, self.state = nnx.split(model)
+        # Our own module over the same arrays, with its decoder layers unstacked (the caller's
+        # model is left as it is): the engine only runs cached passes.
+        own = nnx.merge(*nnx.split(model))
+        own.text.unstack_layers()
+        self.graphdef, self.state = nnx.split(own)
         self.mesh = mesh if mesh is not None else shd.make_mesh((1, 1, 1), jax.devices()[:1])
         self.rules = rules if rules is not None else shd.rules_for("fsdp")
         eos = tokenizer.eos_token_id

@@ -1,5 +1,8 @@
 """The engine in process: greedy parity with `greedy_generate`, batching that does
 not change results, seeds, top-p, stop strings and EOS bookkeeping."""
+import dataclasses
+import time
+
 import numpy as np
 import pytest
 
@@ -95,3 +98,42 @@ def test_sequence_stops():
     assert s.extend([0, 1, 2, 3, 4], [-1.0] * 5)
     r = s.result()
     assert r.text == "ab" and r.token_ids == [0, 1, 2, 3] and r.finish_reason == "stop"
+
+
+def test_a_cache_that_grows_under_running_rows_keeps_their_tokens(engine):
+    """Rows already decoding are carried into a larger cache (more rows and slots) when a
+    longer request joins: every answer, to its log-probabilities, is the one it gets alone."""
+    model, _ = engine
+    tok = Chars()
+    tok.eos_token_id = None
+    e = Engine(model, tok, EngineConfig(max_batch=4, max_seq_len=128, chunk=2, batch_buckets=(1, 2, 4),
+                                        seq_buckets=(16, 32, 64, 128), prompt_buckets=(16, 32, 64, 128)))
+    try:
+        rng = np.random.default_rng(1)
+        params = SamplingParams(max_tokens=10, temperature=0, logprobs=True)
+        short = Request(rng.integers(5, 96, 3).astype(np.int32), None, params)
+        long = Request(rng.integers(5, 96, 12).astype(np.int32), None, dataclasses.replace(params, max_tokens=40))
+        first = e.submit(short)
+        time.sleep(0.2)  # the first is admitted alone and decoding (compiling) when the others arrive
+        futures = [first, e.submit(long), e.submit(short)]
+        results = [f.result() for f in futures]
+        for req, got in zip((short, long, short), results):
+            alone = e.generate_batch([req])[0]
+            assert got.token_ids == alone.token_ids
+            np.testing.assert_allclose(got.logprobs, alone.logprobs, rtol=1e-5, atol=1e-6)
+    finally:
+        e.shutdown()
+
+
+def test_the_engine_unstacks_its_own_copy_of_the_layers_and_leaves_the_callers(engine):
+    from flax import nnx
+
+    model, e = engine
+    assert not isinstance(model.text.layers, nnx.List)  # training code still scans the stack
+    own = nnx.merge(e.graphdef, e.state)
+    assert isinstance(own.text.layers, nnx.List) and len(own.text.layers) == model.cfg.text.num_layers
+    np.testing.assert_array_equal(np.asarray(own.text.layers[1].q.kernel[...]),
+                                  np.asarray(model.text.layers.q.kernel[...][1]))
+    x = np.zeros((1, 3, model.cfg.text.hidden_size), np.float32)
+    with pytest.raises(ValueError, match="only decodes with a KV cache"):
+        own.text(x, np.arange(3)[None])
