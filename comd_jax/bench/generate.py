@@ -28,6 +28,8 @@ import time
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 
 class _NoText:
     """The engine's tokenizer slot when only token counts matter: no EOS, no text."""
@@ -137,7 +139,8 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timed runs per side (median reported)")
     parser.add_argument("--peers", default="eager,compiled", help="eager and/or compiled transformers")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")  # others' INFO stays quiet
+    log.setLevel(logging.INFO)
     from comd_jax.convert.hf import save_pretrained
     from comd_jax.models.build import build_model
 
@@ -145,8 +148,8 @@ def main(argv=None) -> None:
     cfg = _teacher_config(args.preset)
     model = build_model(cfg, seed=0)
     rng = np.random.default_rng(0)
-    logging.info("machine: %s, %d CPUs; load average at start %s", _machine(), os.cpu_count(), _load())
-    logging.info("teacher of preset %r: hidden %d, %d layers, vocab %d; prompt %d tokens, %d new, greedy; "
+    log.info("machine: %s, %d CPUs; load average at start %s", _machine(), os.cpu_count(), _load())
+    log.info("teacher of preset %r: hidden %d, %d layers, vocab %d; prompt %d tokens, %d new, greedy; "
                  "median of %d interleaved rounds", args.preset, cfg.text.hidden_size, cfg.text.num_layers,
                  cfg.text.vocab_size, args.prompt, args.new, args.rounds)
     ratio, b = None, None
@@ -158,12 +161,12 @@ def main(argv=None) -> None:
             tok = out["tok_s"]
             ours = tok.pop("ours")
             cells = "   ".join(f"{name} {v:9.1f} tok/s (ours / it {ours / v:.2f})" for name, v in tok.items())
-            logging.info("batch %3d: ours %9.1f tok/s   %s", b, ours, cells)
+            log.info("batch %3d: ours %9.1f tok/s   %s", b, ours, cells)
             for peer, why in out["skipped"].items():
-                logging.info("batch %3d: peer %s skipped: %s", b, peer, why)
+                log.info("batch %3d: peer %s skipped: %s", b, peer, why)
             if "transformers" in tok:
                 ratio = ours / tok["transformers"]
-    logging.info("load average at end %s", _load())
+    log.info("load average at end %s", _load())
     if ratio is not None:
         print(f"ratio at batch {b} (ours / transformers tokens/s): {ratio:.2f}")
 

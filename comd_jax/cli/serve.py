@@ -35,6 +35,8 @@ flags.DEFINE_string("api_key_env", "", "Name of an environment variable holding 
                     "but off the command line). It must be set and non-empty.")
 flags.DEFINE_string("workdir", "workdir", "Where the offline world (tokenizer, image processor) lives.")
 flags.DEFINE_string("model_name", "comd-teacher", "The model id clients pass and /v1/models lists.")
+flags.DEFINE_bool("warm_up", False, "Compile every shape the server's limits allow before serving (minutes on a "
+                  "CPU; then no request waits on a compile, and /health counts any compile since).")
 distributed.define_flags()  # --distributed, --coordinator_address, --num_processes, --process_id
 flags.mark_flags_as_required(["config"])
 
@@ -62,7 +64,7 @@ def main(argv):
     from comd_jax import experiment
 
     serve(experiment.validate(F.config), host=F.host, port=F.port, checkpoint=paths.absolute(F.checkpoint), api_key=api_key(F),
-          workdir=workdir, model_name=F.model_name)
+          workdir=workdir, model_name=F.model_name, warm_up=F.warm_up)
 
 
 def api_key(F):

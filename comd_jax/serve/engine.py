@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding
+from jax.sharding import NamedSharding, PartitionSpec
 
 from comd_jax import sharding as shd
 from comd_jax.models.decoder import CACHE_AXES, cache_rows, cache_shapes, cache_slots
@@ -192,17 +192,20 @@ class Engine:
             if b >= want_b and s >= want_s:
                 return
             want_b, want_s = max(b, want_b), max(s, want_s)
+        new = self.empty_cache(want_b, want_s)
+        self._cache = new if self._cache is None else kernels.carry(new, self._cache)  # the running rows too
+
+    def empty_cache(self, rows: int, slots: int) -> dict:
+        """A zero KV cache of `rows` x `slots`, laid out over the engine's mesh."""
         dtype = jnp.dtype(self.cfg.dtype)
-        new = {}
-        for name, shape in cache_shapes(self.cfg.text, want_b, want_s).items():
-            spec = shd.logical_to_spec(CACHE_AXES[name], shape, self.rules, self.mesh)
-            new[name] = tuple(jax.device_put(jnp.zeros(shape, dtype), NamedSharding(self.mesh, spec))
-                              for _ in range(self.cfg.text.num_layers))
-        if self._cache is not None:  # carry the running rows over
-            b, s = cache_rows(self._cache), cache_slots(self._cache)
-            new = {"k": tuple(n.at[:b, :, :, :s].set(o) for n, o in zip(new["k"], self._cache["k"])),
-                   "v": tuple(n.at[:b, :, :s].set(o) for n, o in zip(new["v"], self._cache["v"]))}
-        self._cache = new
+        cache = {}
+        for name, shape in cache_shapes(self.cfg.text, rows, slots).items():
+            spec = list(shd.logical_to_spec(CACHE_AXES[name], shape, self.rules, self.mesh))
+            while spec and spec[-1] is None:  # P() as the compiled kernels' outputs say it: one compile key
+                spec.pop()
+            zeros = kernels.zeros(shape, dtype, NamedSharding(self.mesh, PartitionSpec(*spec)))  # on the devices
+            cache[name] = tuple(zeros() for _ in range(self.cfg.text.num_layers))
+        return cache
 
     def _seq_need(self) -> int:
         return max((len(s.request.prompt_ids) + s.params.max_tokens for s, _ in self._active.values()), default=1)

@@ -32,6 +32,20 @@ def prefill(graphdef, state, ids_kt, pixels, offsets_k, lengths_k, keys_k2, temp
     return token, logp, cache
 
 
+@functools.lru_cache(maxsize=None)
+def zeros(shape: tuple, dtype, sharding):
+    """A compiled maker of zero arrays laid out by `sharding` (one per shape: the warm-up's too)."""
+    return jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def carry(new, old):
+    """`old`'s rows and slots copied into the larger zero cache `new` (the engine's growth)."""
+    b, s = decoder.cache_rows(old), decoder.cache_slots(old)
+    return {"k": tuple(n.at[:b, :, :, :s].set(o) for n, o in zip(new["k"], old["k"])),
+            "v": tuple(n.at[:b, :, :s].set(o) for n, o in zip(new["v"], old["v"]))}
+
+
 @functools.partial(jax.jit, donate_argnums=0)
 def insert(cache, prompt_cache, slots_k):
     """Write prompt caches into rows `slots_k` of the running cache (slots 0..T-1; the

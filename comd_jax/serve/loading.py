@@ -49,12 +49,17 @@ def limits_of(config) -> Limits:
 
 
 def serve(config, *, host: str = "127.0.0.1", port: int = 8000, checkpoint: Optional[str] = None,
-          api_key: Optional[str] = None, workdir: str = "workdir", model_name: str = "comd-teacher") -> None:
-    """What `launch/serve_teacher.py` calls: load, then serve until SIGINT/SIGTERM."""
-    from comd_jax.serve import server
+          api_key: Optional[str] = None, workdir: str = "workdir", model_name: str = "comd-teacher",
+          warm_up: bool = False) -> None:
+    """What `python -m comd_jax.serve` calls: load, (warm up,) then serve until SIGINT/SIGTERM."""
+    from comd_jax.serve import server, warmup
 
     limits = limits_of(config)
     engine_config = EngineConfig(max_seq_len=limits.max_prompt_tokens + limits.max_output_tokens)
     engine, prompter = engine_from_config(config, workdir, checkpoint, engine_config=engine_config, limits=limits)
-    app = server.create_app(engine, prompter, model_name=model_name, api_key=api_key)
-    server.run(app, host=host, port=port)
+    if warm_up:
+        warmup.warm_up(engine, max_prompt_tokens=limits.max_prompt_tokens, max_images=limits.max_images)
+    with warmup.CompileCounter() as compiles:  # since the warm-up (or since start-up, without one)
+        app = server.create_app(engine, prompter, model_name=model_name, api_key=api_key, compiles=compiles,
+                                warmed=warm_up)
+        server.run(app, host=host, port=port)

@@ -57,7 +57,10 @@ def _auth(api_key):
 
 
 async def _health(request):
-    return web.json_response({"status": "ok"})
+    settings = request.app[SETTINGS]
+    compiles = settings["compiles"]
+    return web.json_response({"status": "ok", "warmed_up": settings["warmed"],
+                              "compiles_since_start": None if compiles is None else compiles.count})
 
 
 async def _models(request):
@@ -100,10 +103,13 @@ async def _chat(request):
     return web.json_response(protocol.completion(list(results), settings["model_name"], prompter.tokenizer))
 
 
-def create_app(engine, prompter: Prompter, *, model_name: str, api_key=None) -> web.Application:
+def create_app(engine, prompter: Prompter, *, model_name: str, api_key=None, compiles=None,
+               warmed: bool = False) -> web.Application:
+    """`compiles`: a `warmup.CompileCounter` whose count /health reports (XLA compiles since the
+    server started serving; 0 under any load after a warm-up)."""
     app = web.Application(client_max_size=prompter.limits.max_body_bytes, middlewares=[_errors, _auth(api_key)])
     app[ENGINE], app[PROMPTER] = engine, prompter
-    app[SETTINGS] = {"model_name": model_name}
+    app[SETTINGS] = {"model_name": model_name, "compiles": compiles, "warmed": warmed}
     app.router.add_get("/health", _health)
     app.router.add_get("/v1/models", _models)
     app.router.add_post("/v1/chat/completions", _chat)

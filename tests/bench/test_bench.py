@@ -84,3 +84,27 @@ def test_gemm_bench_times_the_steps_shapes_on_both_sides():
     r = gemm.run(size, rounds=1, steps=1)  # also checks both sides compute the same products
     assert len(r["rows"]) == 3 * len(shapes)
     assert r["ratio"] == r["total_s"]["torch"] / r["total_s"]["ours"] > 0
+
+
+def test_generate_bench_runs_our_engine_and_the_peer_on_the_same_prompts(capsys):
+    from comd_jax.bench import generate
+
+    generate.main(["--preset=smoke", "--batches=2", "--new=4", "--rounds=1", "--peers=eager"])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("ratio at batch 2 (ours / transformers tokens/s): ") and float(last.split()[-1]) > 0
+
+
+@pytest.mark.e2e
+def test_serve_load_bench_warms_the_server_and_no_request_compiles():
+    import subprocess
+    import sys
+
+    from tests._paths import REPO, launch_env
+
+    out = subprocess.run([sys.executable, "-m", "comd_jax.bench.serve_load", "--config=configs/comd.py:smoke",
+                          "--clients=3", "--requests=2", "--max-tokens=4", "--limits=64,8,1"],
+                         cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout + out.stderr
+    assert "6 done" in text and "server: warmed up True, compiles after the warm-up 0" in text
+    assert out.stdout.strip().splitlines()[-1].startswith("ratio server / engine throughput: ")

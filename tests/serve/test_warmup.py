@@ -1,0 +1,82 @@
+"""After the engine's warm-up no request compiles anything: every shape the scheduler can
+reach (decode, prefill with and without images, insertion, growth) was compiled first."""
+import time
+
+import numpy as np
+
+from comd_jax.models.build import build_model
+from comd_jax.models.config import DecoderConfig, VisionConfig, VLMConfig
+from comd_jax.serve import warmup
+from comd_jax.serve.engine import Engine, EngineConfig
+from comd_jax.serve.requests import Request
+from comd_jax.serve.sampling import SamplingParams
+
+IMAGE, PATCHES = 4, 16
+CONFIG = EngineConfig(max_batch=4, max_seq_len=64, batch_buckets=(1, 4), seq_buckets=(32, 64),
+                      prompt_buckets=(16, 32, 64), prefill_group=(1, 2, 4), chunk=4)
+
+
+class NoEos:
+    eos_token_id = None
+
+    def decode(self, ids, **kw):
+        return ""
+
+
+def _engine(hidden=32):
+    cfg = VLMConfig(text=DecoderConfig(vocab_size=96, hidden_size=hidden, intermediate_size=64, num_layers=2,
+                                       num_heads=4, num_kv_heads=2, max_position_embeddings=128),
+                    vision=VisionConfig(hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
+                                        image_size=16, patch_size=4),
+                    image_token_id=IMAGE, projector="linear")
+    return Engine(build_model(cfg, seed=0), NoEos(), CONFIG)
+
+
+def test_the_plan_lists_every_bucket_the_limits_reach():
+    p = warmup.plan(CONFIG, max_prompt_tokens=40, max_images=1, vision=True)
+    assert p.decode == ((1, 32), (1, 64), (4, 32), (4, 64))
+    # prompts up to 40 tokens: buckets 16, 32, 64; a group of k prompts has 0..k images (powers of two)
+    assert {(k, n) for k, _, n in p.prefill} == {(1, 0), (1, 1), (2, 0), (2, 1), (2, 2), (4, 0), (4, 1), (4, 2),
+                                                 (4, 4)}
+    assert {t for _, t, _ in p.prefill} == {16, 32, 64}
+    assert (4, 32, 4, 32) in p.insert and (1, 32, 2, 16) not in p.insert  # never more prompts than rows
+    assert (4, 32, 1, 64) not in p.insert  # never a prompt longer than the cache
+    assert ((1, 32), (4, 64)) in p.grow and ((4, 64), (1, 32)) not in p.grow
+    assert not warmup.plan(CONFIG, max_prompt_tokens=40, max_images=1, vision=False).prefill[1][2]
+
+
+def _traffic(engine, rng):
+    """Text and image requests of every length, arriving while others decode (the cache grows)."""
+    pixels = rng.standard_normal((1, 16, 16, 3)).astype(np.float32)
+    futures = []
+    for i in range(10):
+        if i % 3 == 0:
+            ids = np.concatenate([[1], [IMAGE] * PATCHES, rng.integers(5, 96, int(rng.integers(1, 20)))])
+            req = Request(ids.astype(np.int32), pixels, SamplingParams(max_tokens=int(rng.integers(1, 20)),
+                                                                       temperature=0))
+        else:
+            ids = rng.integers(5, 96, int(rng.integers(1, 40))).astype(np.int32)
+            req = Request(ids, None, SamplingParams(max_tokens=int(rng.integers(1, 64 - len(ids))),
+                                                    temperature=float(i % 2)))
+        futures.append(engine.submit(req))
+        time.sleep(0.02 * (i % 4))
+    return [f.result() for f in futures]
+
+
+def test_after_the_warm_up_no_request_compiles():
+    engine = _engine()  # a model no other test compiles for: the warm-up alone compiled its shapes
+    try:
+        warmup.warm_up(engine, max_prompt_tokens=40, max_images=1)
+        with warmup.CompileCounter() as warm:
+            results = _traffic(engine, np.random.default_rng(2))
+        assert warm.count == 0
+        assert all(r.token_ids for r in results)
+    finally:
+        engine.shutdown()
+    engine = _engine(hidden=48)  # and the counter does see compiles: the same traffic, cold, makes some
+    try:
+        with warmup.CompileCounter() as cold:
+            _traffic(engine, np.random.default_rng(2))
+        assert cold.count > 0
+    finally:
+        engine.shutdown()
