@@ -120,7 +120,8 @@ def _eval(**kw):
 
 def _serve(**kw):
     """Our teacher server's request limits (comd_jax/serve/prompts.py: Limits); a request past one is a 400."""
-    base = dict(max_prompt_tokens=768, max_output_tokens=256, max_images=4, max_n=8)
+    base = dict(max_prompt_tokens=768, max_output_tokens=256, max_images=4, max_n=8,
+                max_top_logprobs=20)  # top_logprobs: k of the most likely tokens per position (<= 20)
     base.update(kw)
     return ml_collections.ConfigDict(base)
 

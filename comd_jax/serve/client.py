@@ -41,9 +41,18 @@ import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: tuple = ()  # ((token, logprob), ...), most likely first, when top_logprobs was asked for
+
+
+@dataclasses.dataclass(frozen=True)
 class Choice:
     text: str
     finish_reason: str = "stop"  # "length" means the answer was cut at max_tokens
+    # per generated token, when the request asked for logprobs and the endpoint sent them
+    logprobs: Optional[tuple] = None
 
 
 class TeacherUnavailable(RuntimeError):
@@ -114,6 +123,20 @@ def _names_image(text: str) -> bool:
     return "image" in text.lower()
 
 
+def _logprobs_of(choice: dict, request_id: str) -> Optional[tuple]:
+    """A choice's `logprobs.content` (OpenAI's chat format, as vLLM sends it), or None."""
+    content = (choice.get("logprobs") or {}).get("content") if isinstance(choice.get("logprobs"), dict) else None
+    if not isinstance(content, list):
+        return None
+    try:
+        return tuple(TokenLogprob(str(e["token"]), float(e["logprob"]),
+                                  tuple((str(t["token"]), float(t["logprob"])) for t in e.get("top_logprobs") or ()))
+                     for e in content)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ItemSkipped("bad_logprobs", f"the choice's logprobs are malformed ({e!r}): {str(content)[:300]}",
+                          request_id) from e
+
+
 def choices_of(body, request_id: str = "") -> list:
     """A chat completion's choices; `ItemSkipped` when there is no usable one."""
     choices = body.get("choices") if isinstance(body, dict) else None
@@ -127,7 +150,7 @@ def choices_of(body, request_id: str = "") -> list:
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
         if content is None:
             continue
-        out.append(Choice(str(content), c.get("finish_reason") or "stop"))
+        out.append(Choice(str(content), c.get("finish_reason") or "stop", _logprobs_of(c, request_id)))
     if not out:
         raise ItemSkipped("content_null", f"every choice's message.content is null "
                           f"(finish_reason {choices[0].get('finish_reason') if isinstance(choices[0], dict) else None})",

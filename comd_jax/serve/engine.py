@@ -224,13 +224,15 @@ class Engine:
         rows = np.array([s.slot for s, _ in padded], np.int32)
         r = self._rows
         lengths = np.array([len(s.request.prompt_ids) for s, _ in padded], np.int32)
-        token, logp, prompt_cache = kernels.prefill(self.graphdef, self.state, ids, pixels, offsets, lengths,
-                                                    r["keys"][rows], r["temp"][rows], r["top_p"][rows])
+        want = np.bool_(any(s.params.top_logprobs for s, _ in seqs))  # a value, not a shape: one compile
+        token, logp, top, top_ids, prompt_cache = kernels.prefill(
+            self.graphdef, self.state, ids, pixels, offsets, lengths, r["keys"][rows], r["temp"][rows],
+            r["top_p"][rows], want)
         self._cache = kernels.insert(self._cache, prompt_cache, rows)
-        token, logp = np.asarray(token), np.asarray(logp)
+        token, logp, top, top_ids = (np.asarray(a) for a in (token, logp, top, top_ids))
         for i, (s, fut) in enumerate(seqs):
             self._active[s.slot] = (s, fut)
-            self._accept(s, fut, token[i:i + 1], logp[i:i + 1])
+            self._accept(s, fut, token[i:i + 1], logp[i:i + 1], (top[i:i + 1], top_ids[i:i + 1]))
 
     def _images(self, padded: list):
         """All images of the group in order (count padded to a power of two) and each
@@ -260,24 +262,26 @@ class Engine:
         r = self._rows
         for slot, (s, _) in self._active.items():
             r["tok"][slot], r["pos"][slot], r["count"][slot] = s.tokens[-1], s.next_position, len(s.tokens)
+        wanted = any(s.params.top_logprobs for s, _ in self._active.values())
         try:
-            toks, logps, self._cache = kernels.decode(
+            toks, logps, top, top_ids, self._cache = kernels.decode(
                 self.graphdef, self.state, self._cache, r["tok"][:b], r["pos"][:b], r["count"][:b],
-                r["keys"][:b], r["temp"][:b], r["top_p"][:b], self.config.chunk)
+                r["keys"][:b], r["temp"][:b], r["top_p"][:b], self.config.chunk, np.bool_(wanted))
             toks, logps = np.asarray(toks), np.asarray(logps)
+            top, top_ids = (np.asarray(top), np.asarray(top_ids)) if wanted else (None, None)
         except Exception as e:  # fail everything in flight, keep serving
             for s, fut in list(self._active.values()):
                 fut.set_exception(e)
             self._reset()
             return
         for slot, (s, fut) in list(self._active.items()):
-            self._accept(s, fut, toks[slot], logps[slot])
+            self._accept(s, fut, toks[slot], logps[slot], None if top is None else (top[slot], top_ids[slot]))
         if not self._active:
             self._cache = None  # idle: next load starts from the smallest buckets
 
-    def _accept(self, s: Sequence, fut, tokens, logps) -> None:
+    def _accept(self, s: Sequence, fut, tokens, logps, tops=None) -> None:
         try:
-            done = s.extend(tokens, logps)
+            done = s.extend(tokens, logps, tops)
             if done:
                 self._active.pop(s.slot, None)
                 fut.set_result(s.result())

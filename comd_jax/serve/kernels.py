@@ -18,18 +18,19 @@ from comd_jax.serve import sampling
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def prefill(graphdef, state, ids_kt, pixels, offsets_k, lengths_k, keys_k2, temp_k, top_p_k):
-    """One pass over k right-padded prompts → (first token [k], its logprob [k],
-    the prompts' own KV cache [layers, k, T, ...]). Each row's first token is
-    drawn with generated-token index 0."""
+def prefill(graphdef, state, ids_kt, pixels, offsets_k, lengths_k, keys_k2, temp_k, top_p_k, want_top=False):
+    """One pass over k right-padded prompts → (first token [k], its logprob [k], the top
+    logprobs [k, K] and their ids [k, K], the prompts' own KV cache). Each row's first
+    token is drawn with generated-token index 0."""
     model = nnx.merge(graphdef, state)
     k, t = ids_kt.shape
     cache = model.init_cache(k, t)
     positions = jnp.broadcast_to(jnp.arange(t), (k, t))
     logits, cache = model.decode(model.embed(ids_kt, pixels, offsets_k), positions, cache)
     last = logits[jnp.arange(k), lengths_k - 1]
-    token, logp = sampling.choose(last, keys_k2, jnp.zeros((k,), jnp.int32), temp_k, top_p_k)
-    return token, logp, cache
+    token, logp, top, top_ids = sampling.choose(last, keys_k2, jnp.zeros((k,), jnp.int32), temp_k, top_p_k,
+                                                want_top)
+    return token, logp, top, top_ids, cache
 
 
 @functools.lru_cache(maxsize=None)
@@ -63,8 +64,9 @@ def insert(cache, prompt_cache, slots_k):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 9), donate_argnums=2)
-def decode(graphdef, state, cache, tok_b, pos_b, count_b, keys_b2, temp_b, top_p_b, steps: int):
-    """`steps` tokens for every row: tokens [B, steps], logprobs [B, steps], cache.
+def decode(graphdef, state, cache, tok_b, pos_b, count_b, keys_b2, temp_b, top_p_b, steps: int, want_top=False):
+    """`steps` tokens for every row: tokens [B, steps], logprobs [B, steps], the top
+    logprobs [B, steps, K] and their ids [B, steps, K], cache.
 
     Row b feeds tok_b at position pos_b, then its own samples; positions past
     the cache are clamped to its last slot (only rows that already finished
@@ -76,8 +78,8 @@ def decode(graphdef, state, cache, tok_b, pos_b, count_b, keys_b2, temp_b, top_p
         tok, cache = carry
         pos = jnp.minimum(pos_b + j, last_slot)
         logits, cache = model.decode(model.text.embed_tokens(tok[:, None]), pos[:, None], cache)
-        nxt, logp = sampling.choose(logits[:, 0], keys_b2, count_b + j, temp_b, top_p_b)
-        return (nxt, cache), (nxt, logp)
+        nxt, logp, top, top_ids = sampling.choose(logits[:, 0], keys_b2, count_b + j, temp_b, top_p_b, want_top)
+        return (nxt, cache), (nxt, logp, top, top_ids)
 
-    (_, cache), (toks, logps) = jax.lax.scan(step, (tok_b, cache), jnp.arange(steps))
-    return toks.T, logps.T, cache
+    (_, cache), (toks, logps, top, top_ids) = jax.lax.scan(step, (tok_b, cache), jnp.arange(steps))
+    return toks.T, logps.T, top.transpose(1, 0, 2), top_ids.transpose(1, 0, 2), cache

@@ -42,6 +42,13 @@ class Limits:
     max_output_tokens: int = 256
     max_n: int = 8
     max_stop: int = 4
+    max_top_logprobs: int = 20  # k of top_logprobs (at most sampling.TOP_LOGPROBS)
+
+    def __post_init__(self):
+        from comd_jax.serve.sampling import TOP_LOGPROBS
+
+        if not 0 <= self.max_top_logprobs <= TOP_LOGPROBS:
+            raise ValueError(f"max_top_logprobs must be in [0, {TOP_LOGPROBS}], got {self.max_top_logprobs}")
 
 
 class Prompter:

@@ -41,14 +41,14 @@ def sampling_params(body: dict, limits: Limits) -> tuple:
     logprobs = body.get("logprobs", False)
     if logprobs is not None and not isinstance(logprobs, bool):
         raise RequestError("'logprobs' must be a boolean", "logprobs")
-    if _number(body, "top_logprobs", 0, 0, 20, integer=True):
-        raise RequestError("'top_logprobs' is not supported (only 0): each token's own logprob is returned",
-                           "top_logprobs")
+    top_logprobs = _number(body, "top_logprobs", 0, 0, limits.max_top_logprobs, integer=True)
+    if top_logprobs and not logprobs:
+        raise RequestError("'top_logprobs' needs 'logprobs': true", "top_logprobs")
     params = SamplingParams(
         max_tokens=max_tokens, temperature=float(_number(body, "temperature", 1.0, 0.0, 2.0)),
         top_p=float(_number(body, "top_p", 1.0, 1e-6, 1.0)),
         seed=_number(body, "seed", None, -2 ** 63, 2 ** 63 - 1, integer=True), stop=tuple(stop),
-        logprobs=bool(logprobs))
+        logprobs=bool(logprobs), top_logprobs=top_logprobs)
     return params, n
 
 
@@ -60,11 +60,13 @@ def choice_seed(seed, index: int):
 def _logprobs(result, tokenizer):
     if result.logprobs is None:
         return None
-    content = []
-    for token_id, logp in zip(result.token_ids, result.logprobs):
+    def entry(token_id, logp):
         token = tokenizer.decode([token_id])
-        content.append({"token": token, "logprob": logp, "bytes": list(token.encode("utf-8")), "top_logprobs": []})
-    return {"content": content}
+        return {"token": token, "logprob": logp, "bytes": list(token.encode("utf-8"))}
+
+    tops = result.top_logprobs or [[] for _ in result.token_ids]
+    return {"content": [{**entry(t, logp), "top_logprobs": [entry(i, v) for i, v in top]}
+                        for t, logp, top in zip(result.token_ids, result.logprobs, tops)]}
 
 
 def completion(results: list, model: str, tokenizer) -> dict:

@@ -24,6 +24,8 @@ class Result:
     finish_reason: str  # "stop" (EOS or a stop string) | "length" (max_tokens)
     prompt_tokens: int
     logprobs: Optional[list] = None  # per generated token, when asked for
+    # per generated token, with top_logprobs: [(token id, logprob)] * k, most likely first
+    top_logprobs: Optional[list] = None
 
 
 class Sequence:
@@ -36,6 +38,7 @@ class Sequence:
         self.tokenizer = tokenizer
         self.tokens: list = []
         self.logprobs: list = []
+        self.top_logprobs: list = []
         self.finish_reason: Optional[str] = None
         self.stop_text: Optional[str] = None
 
@@ -48,14 +51,19 @@ class Sequence:
         """Where the last generated token gets fed (its KV slot)."""
         return len(self.request.prompt_ids) + len(self.tokens) - 1
 
-    def extend(self, tokens, logprobs) -> bool:
-        """Take a chunk of tokens in order until the sequence ends; True when it has."""
-        for token, logp in zip(tokens, logprobs):
+    def extend(self, tokens, logprobs, tops=None) -> bool:
+        """Take a chunk of tokens in order until the sequence ends; True when it has.
+        `tops`: (top logprobs [n, K], their ids [n, K]) for the same tokens, or None."""
+        k = self.params.top_logprobs
+        for i, (token, logp) in enumerate(zip(tokens, logprobs)):
             if int(token) in self.eos_ids:
                 self.finish_reason = "stop"
                 return True
             self.tokens.append(int(token))
             self.logprobs.append(float(logp))
+            if k:
+                values, ids = tops[0][i], tops[1][i]
+                self.top_logprobs.append([(int(t), float(v)) for t, v in zip(ids[:k], values[:k])])
             if len(self.tokens) >= self.params.max_tokens:
                 self.finish_reason = "length"
                 break
@@ -72,7 +80,7 @@ class Sequence:
         # Keep tokens up to the one that completed the stop string (for usage and logprobs).
         for n in range(1, len(self.tokens) + 1):
             if any(s in self._text(self.tokens[:n]) for s in self.params.stop):
-                del self.tokens[n:], self.logprobs[n:]
+                del self.tokens[n:], self.logprobs[n:], self.top_logprobs[n:]
                 break
         return True
 
@@ -83,4 +91,5 @@ class Sequence:
         text = self.stop_text if self.stop_text is not None else self._text(self.tokens)
         return Result(text=text, token_ids=list(self.tokens), finish_reason=self.finish_reason or "length",
                       prompt_tokens=int(len(self.request.prompt_ids)),
-                      logprobs=list(self.logprobs) if self.params.logprobs else None)
+                      logprobs=list(self.logprobs) if self.params.logprobs else None,
+                      top_logprobs=list(self.top_logprobs) if self.params.top_logprobs else None)

@@ -91,7 +91,7 @@ def warm_up(engine, *, max_prompt_tokens: int, max_images: int) -> Plan:
     for b, s in p.decode:
         tok, pos, count, keys, temp, top_p = rows_of(b)
         out = kernels.decode(g, state, engine.empty_cache(b, s), tok, pos, count, keys, temp, top_p,
-                             engine.config.chunk)
+                             engine.config.chunk, np.bool_(False))  # top_logprobs is a runtime branch
         jax.block_until_ready(out)
     for k, t, n in p.prefill:
         size = cfg.vision.image_size if cfg.vision is not None else 0
@@ -99,7 +99,7 @@ def warm_up(engine, *, max_prompt_tokens: int, max_images: int) -> Plan:
         offsets = np.zeros(k, np.int32) if n else None
         _, _, keys, temp, top_p = rows_of(k)[1:]
         jax.block_until_ready(kernels.prefill(g, state, np.zeros((k, t), np.int32), pixels, offsets,
-                                              np.ones(k, np.int32), keys, temp, top_p))
+                                              np.ones(k, np.int32), keys, temp, top_p, np.bool_(False)))
     for b, s, k, t in p.insert:
         prompt = engine.empty_cache(k, t)
         jax.block_until_ready(kernels.insert(engine.empty_cache(b, s), prompt, np.zeros(k, np.int32)))

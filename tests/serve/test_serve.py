@@ -192,3 +192,16 @@ def test_our_client(server):
     dead = ChatClient(ClientConfig(f"http://127.0.0.1:{free_port()}/v1", MODEL, retries=2, backoff_s=0.01))
     with pytest.raises(TeacherUnavailable, match="3 attempts"):
         dead.chat_sync([user_message("hi")])
+
+
+def test_top_logprobs_through_the_server(server):
+    status, reply = raw(server, chat("Is it red?", max_tokens=3, temperature=0, logprobs=True, top_logprobs=4))
+    assert status == 200, reply
+    content = reply["choices"][0]["logprobs"]["content"]
+    assert len(content) == reply["usage"]["completion_tokens"]
+    for entry in content:
+        tops = entry["top_logprobs"]
+        assert len(tops) == 4 and [t["logprob"] for t in tops] == sorted((t["logprob"] for t in tops), reverse=True)
+        assert tops[0]["logprob"] == pytest.approx(entry["logprob"], abs=1e-6)  # greedy: the argmax was taken
+    status, reply = raw(server, chat("hi", logprobs=True, top_logprobs=21))
+    assert status == 400 and reply["error"]["param"] == "top_logprobs"

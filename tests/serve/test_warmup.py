@@ -56,8 +56,9 @@ def _traffic(engine, rng):
                                                                        temperature=0))
         else:
             ids = rng.integers(5, 96, int(rng.integers(1, 40))).astype(np.int32)
+            asks = i % 5 == 1  # top_logprobs is a runtime branch of the same kernels
             req = Request(ids, None, SamplingParams(max_tokens=int(rng.integers(1, 64 - len(ids))),
-                                                    temperature=float(i % 2)))
+                                                    temperature=float(i % 2), logprobs=asks, top_logprobs=3 * asks))
         futures.append(engine.submit(req))
         time.sleep(0.02 * (i % 4))
     return [f.result() for f in futures]
@@ -70,7 +71,7 @@ def test_after_the_warm_up_no_request_compiles():
         with warmup.CompileCounter() as warm:
             results = _traffic(engine, np.random.default_rng(2))
         assert warm.count == 0
-        assert all(r.token_ids for r in results)
+        assert all(r.token_ids for r in results) and any(r.top_logprobs for r in results)
     finally:
         engine.shutdown()
     engine = _engine(hidden=48)  # and the counter does see compiles: the same traffic, cold, makes some
