@@ -6,19 +6,11 @@ import numpy as np
 import pytest
 
 from comd_jax.eval.image_reliance import image_reliance
-from comd_jax.models.build import build_model
-from comd_jax.models.config import DecoderConfig, VisionConfig, VLMConfig
-
-IMAGE, PATCHES = 4, 16
+from tests.tiny_vlm import IMAGE, PATCHES, tiny_vlm
 
 
 def model():
-    cfg = VLMConfig(text=DecoderConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_layers=2,
-                                       num_heads=4, num_kv_heads=2, max_position_embeddings=128),
-                    vision=VisionConfig(hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
-                                        image_size=16, patch_size=4),
-                    image_token_id=IMAGE, projector="linear")
-    return build_model(cfg, seed=1)
+    return tiny_vlm(seed=1)
 
 
 def batches(n=2, rows=3):

@@ -6,15 +6,12 @@ import time
 import numpy as np
 import pytest
 
-from comd_jax.models.build import build_model
-from comd_jax.models.config import DecoderConfig, VisionConfig, VLMConfig
 from comd_jax.models.generate import greedy_generate
 from comd_jax.serve.engine import Engine, EngineConfig, bucket
 from comd_jax.serve.requests import Request, Sequence
 from comd_jax.serve.sampling import SamplingParams
+from tests.tiny_vlm import IMAGE, PATCHES, tiny_vlm
 
-IMAGE = 4
-PATCHES = 16
 
 
 class Chars:
@@ -28,12 +25,7 @@ class Chars:
 
 @pytest.fixture(scope="module")
 def engine():
-    cfg = VLMConfig(text=DecoderConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_layers=2,
-                                       num_heads=4, num_kv_heads=2, max_position_embeddings=256),
-                    vision=VisionConfig(hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
-                                        image_size=16, patch_size=4),
-                    image_token_id=IMAGE, projector="linear")
-    model = build_model(cfg, seed=3)
+    model = tiny_vlm(seed=3, max_positions=256)
     tok = Chars()
     tok.eos_token_id = None  # parity runs never stop early
     e = Engine(model, tok, EngineConfig(max_batch=4, max_seq_len=128, chunk=4))

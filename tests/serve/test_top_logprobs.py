@@ -4,16 +4,13 @@ with an image; the wire format and its limit; the client reads them from any end
 import numpy as np
 import pytest
 
-from comd_jax.models.build import build_model
-from comd_jax.models.config import DecoderConfig, VisionConfig, VLMConfig
 from comd_jax.serve import protocol
 from comd_jax.serve.client import ItemSkipped, choices_of
 from comd_jax.serve.engine import Engine, EngineConfig
 from comd_jax.serve.prompts import Limits, RequestError
 from comd_jax.serve.requests import Request, Result
 from comd_jax.serve.sampling import SamplingParams
-
-IMAGE, PATCHES = 4, 16
+from tests.tiny_vlm import IMAGE, PATCHES, tiny_vlm
 
 
 class Chars:
@@ -24,12 +21,7 @@ class Chars:
 
 
 def test_top_logprobs_equal_the_models_log_softmax_at_each_generated_position():
-    cfg = VLMConfig(text=DecoderConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_layers=2,
-                                       num_heads=4, num_kv_heads=2, max_position_embeddings=128),
-                    vision=VisionConfig(hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
-                                        image_size=16, patch_size=4),
-                    image_token_id=IMAGE, projector="linear")
-    model = build_model(cfg, seed=5)
+    model = tiny_vlm(seed=5)
     engine = Engine(model, Chars(), EngineConfig(max_batch=2, max_seq_len=64, chunk=4))
     rng = np.random.default_rng(0)
     pixels = rng.standard_normal((1, 16, 16, 3)).astype(np.float32)

@@ -4,14 +4,11 @@ import time
 
 import numpy as np
 
-from comd_jax.models.build import build_model
-from comd_jax.models.config import DecoderConfig, VisionConfig, VLMConfig
 from comd_jax.serve import warmup
 from comd_jax.serve.engine import Engine, EngineConfig
 from comd_jax.serve.requests import Request
 from comd_jax.serve.sampling import SamplingParams
-
-IMAGE, PATCHES = 4, 16
+from tests.tiny_vlm import IMAGE, PATCHES, tiny_vlm
 CONFIG = EngineConfig(max_batch=4, max_seq_len=64, batch_buckets=(1, 4), seq_buckets=(32, 64),
                       prompt_buckets=(16, 32, 64), prefill_group=(1, 2, 4), chunk=4)
 
@@ -24,12 +21,7 @@ class NoEos:
 
 
 def _engine(hidden=32):
-    cfg = VLMConfig(text=DecoderConfig(vocab_size=96, hidden_size=hidden, intermediate_size=64, num_layers=2,
-                                       num_heads=4, num_kv_heads=2, max_position_embeddings=128),
-                    vision=VisionConfig(hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
-                                        image_size=16, patch_size=4),
-                    image_token_id=IMAGE, projector="linear")
-    return Engine(build_model(cfg, seed=0), NoEos(), CONFIG)
+    return Engine(tiny_vlm(seed=0, hidden=hidden), NoEos(), CONFIG)
 
 
 def test_the_plan_lists_every_bucket_the_limits_reach():
