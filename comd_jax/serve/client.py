@@ -16,6 +16,9 @@ augmentor, against any OpenAI-compatible base URL (our server, vLLM, ...).
   the server refuses (a 4xx that names an image), a 200 whose body is not JSON
   or has no choices, `content: null`. That is `ItemSkipped(reason, message)`;
   `chat_many(..., skipped_ok=True)` returns it in the item's place.
+- `score(messages, k)`: the endpoint's top-k log-probabilities at every position of a given
+  answer (vLLM's `prompt_logprobs` with `continue_final_message`) as `PromptScores`;
+  `probe_scoring(k)` refuses an endpoint that cannot (`ScoringUnsupported`).
 - `user_message(text, images)` builds OpenAI content parts with base64 data URLs.
 - `ServerProcess` starts our server (`python -m comd_jax.serve`) as a child,
   waits for /health, and stops it (SIGTERM, then kill).
@@ -53,6 +56,22 @@ class Choice:
     finish_reason: str = "stop"  # "length" means the answer was cut at max_tokens
     # per generated token, when the request asked for logprobs and the endpoint sent them
     logprobs: Optional[tuple] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptScores:
+    """How an endpoint rated a prompt that ends inside the final assistant message (`score`).
+
+    `positions[t]`: {token id: logprob} at prompt position t (what the model gave prompt token t,
+    with the k most likely there); None for the first token. `final`: {token id: logprob} of the
+    k most likely next tokens after the prompt (where training puts the answer's end token)."""
+    positions: tuple
+    final: dict
+
+
+class ScoringUnsupported(RuntimeError):
+    """The endpoint answered a scoring request without the scores (no `prompt_logprobs`, or
+    tokens not named by id): it cannot serve white-box distillation."""
 
 
 class TeacherUnavailable(RuntimeError):
@@ -158,6 +177,46 @@ def choices_of(body, request_id: str = "") -> list:
     return out
 
 
+def _token_id(name, where: str) -> int:
+    """An id from vLLM's `return_tokens_as_token_ids` naming ("token_id:123")."""
+    if isinstance(name, str) and name.startswith("token_id:") and name[9:].lstrip("-").isdigit():
+        return int(name[9:])
+    raise ScoringUnsupported(f"{where}: token {name!r} is not named by id (the endpoint ignores "
+                             "return_tokens_as_token_ids)")
+
+
+def scores_of(body, request_id: str = "", url: str = "") -> PromptScores:
+    """A scoring request's reply (vLLM's shape) → PromptScores; `ScoringUnsupported` when the
+    endpoint left the scores out, `ItemSkipped("bad_logprobs")` when they are malformed."""
+    where = f"{url} (request id {request_id})" if url else f"request id {request_id}"
+    raw = body.get("prompt_logprobs") if isinstance(body, dict) else None
+    if not isinstance(raw, list) or not raw:
+        raise ScoringUnsupported(f"{where}: the reply has no prompt_logprobs (keys: "
+                                 f"{sorted(body) if isinstance(body, dict) else type(body).__name__})")
+    try:
+        positions = tuple(None if entry is None else
+                          {int(i): float(v["logprob"] if isinstance(v, dict) else v) for i, v in entry.items()}
+                          for entry in raw)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise ItemSkipped("bad_logprobs", f"prompt_logprobs are malformed ({e!r}): {str(raw)[:300]}",
+                          request_id) from e
+    (choice, *_) = choices_of(body, request_id)
+    if not choice.logprobs:
+        raise ScoringUnsupported(f"{where}: the reply has no logprobs for the generated token")
+    final = {_token_id(t, where): v for t, v in choice.logprobs[0].top}
+    if not final:
+        raise ScoringUnsupported(f"{where}: the reply has no top_logprobs for the generated token")
+    return PromptScores(positions, final)
+
+
+def score_body(model: str, messages, k: int) -> dict:
+    """The request that scores the final assistant message of `messages` (vLLM's fields): every
+    prompt position's k most likely tokens, and the next token's, one token generated."""
+    return {"model": model, "messages": list(messages), "max_tokens": 1, "temperature": 0.0, "logprobs": True,
+            "top_logprobs": k, "prompt_logprobs": k, "continue_final_message": True,
+            "add_generation_prompt": False, "return_tokens_as_token_ids": True}
+
+
 def _png_data_url(image) -> str:
     """bytes (already encoded), a uint8 [H, W, 3] array or a PIL image → data URL."""
     if isinstance(image, (bytes, bytearray)):
@@ -226,7 +285,7 @@ class ChatClient:
     def _headers(self) -> dict:
         return {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
 
-    async def _post(self, session, semaphore, body: dict) -> list:
+    async def _post(self, session, semaphore, body: dict, parse=choices_of):
         import json
         import uuid
 
@@ -247,7 +306,7 @@ class ChatClient:
                         except ValueError:
                             raise ItemSkipped("not_json", f"{self.url}: HTTP 200 with a body that is not JSON "
                                               f"({resp.content_type}): {text[:300]!r}", rid) from None
-                        return choices_of(parsed, rid)
+                        return parse(parsed, rid)
                     if resp.status != 429 and resp.status < 500:
                         message = error_message(text)
                         if _names_image(message):
@@ -278,6 +337,39 @@ class ChatClient:
                 raise
 
         return list(await asyncio.gather(*(one(m, p) for m, p in requests)))
+
+    async def score_many(self, requests: Sequence[tuple], *, skipped_ok: bool = False) -> list:
+        """[(messages ending with the assistant's answer, k)] → [PromptScores], in order (the
+        teacher's top-k at every position of a given answer, images included)."""
+        session, semaphore = await self._shared()
+
+        def parse(body, rid):
+            return scores_of(body, rid, self.url)
+
+        async def one(m, k):
+            try:
+                return await self._post(session, semaphore, score_body(self.config.model, m, k), parse)
+            except ItemSkipped as e:
+                if skipped_ok:
+                    return e
+                raise
+
+        return list(await asyncio.gather(*(one(m, k) for m, k in requests)))
+
+    async def score(self, messages, k: int) -> PromptScores:
+        return (await self.score_many([(messages, k)]))[0]
+
+    def probe_scoring(self, k: int) -> None:
+        """Refuses, before any compute, an endpoint that cannot score a given answer with top-k
+        log-probabilities (`ScoringUnsupported` naming the URL and what was missing)."""
+        messages = [{"role": "user", "content": "Say hello."}, {"role": "assistant", "content": "Hello."}]
+        try:
+            scores = asyncio.run(self.score(messages, k))
+        except RequestRejected as e:
+            raise ScoringUnsupported(f"{self.url} refused a scoring request (prompt_logprobs, "
+                                     f"continue_final_message, return_tokens_as_token_ids): {e}") from None
+        if not any(p is not None for p in scores.positions):
+            raise ScoringUnsupported(f"{self.url}: prompt_logprobs holds no scored position")
 
     async def chat(self, messages, **params) -> list:
         return (await self.chat_many([(messages, params)]))[0]

@@ -115,6 +115,10 @@ class Engine:
                              f"({request.params.max_tokens}) = {total} exceeds the limit {self.config.max_seq_len}")
         images = 0 if request.pixels is None else len(request.pixels)
         placeholders = int(np.sum(np.asarray(request.prompt_ids) == self.cfg.image_token_id))
+        from comd_jax.serve.sampling import TOP_LOGPROBS
+
+        if request.params.prompt_logprobs is not None and not 0 <= request.params.prompt_logprobs <= TOP_LOGPROBS:
+            raise ValueError(f"prompt_logprobs must be in [0, {TOP_LOGPROBS}]")
         if images * self.cfg.num_image_tokens != placeholders and self.cfg.vision is not None:
             raise ValueError(f"{images} image(s) but {placeholders} image tokens in the prompt")
 
@@ -225,12 +229,16 @@ class Engine:
         r = self._rows
         lengths = np.array([len(s.request.prompt_ids) for s, _ in padded], np.int32)
         want = np.bool_(any(s.params.top_logprobs for s, _ in seqs))  # a value, not a shape: one compile
-        token, logp, top, top_ids, prompt_cache = kernels.prefill(
+        scored = np.bool_(any(s.params.prompt_logprobs is not None for s, _ in seqs))
+        token, logp, top, top_ids, prompt_cache, scores = kernels.prefill(
             self.graphdef, self.state, ids, pixels, offsets, lengths, r["keys"][rows], r["temp"][rows],
-            r["top_p"][rows], want)
+            r["top_p"][rows], want, scored)
         self._cache = kernels.insert(self._cache, prompt_cache, rows)
         token, logp, top, top_ids = (np.asarray(a) for a in (token, logp, top, top_ids))
+        scores = {name: np.asarray(a) for name, a in scores.items()} if scored else None
         for i, (s, fut) in enumerate(seqs):
+            if s.params.prompt_logprobs is not None:
+                s.score_prompt({name: a[i] for name, a in scores.items()})
             self._active[s.slot] = (s, fut)
             self._accept(s, fut, token[i:i + 1], logp[i:i + 1], (top[i:i + 1], top_ids[i:i + 1]))
 

@@ -18,10 +18,14 @@ from comd_jax.serve import sampling
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def prefill(graphdef, state, ids_kt, pixels, offsets_k, lengths_k, keys_k2, temp_k, top_p_k, want_top=False):
+def prefill(graphdef, state, ids_kt, pixels, offsets_k, lengths_k, keys_k2, temp_k, top_p_k, want_top=False,
+            want_prompt=False):
     """One pass over k right-padded prompts → (first token [k], its logprob [k], the top
-    logprobs [k, K] and their ids [k, K], the prompts' own KV cache). Each row's first
-    token is drawn with generated-token index 0."""
+    logprobs [k, K] and their ids [k, K], the prompts' own KV cache, the prompt's scores).
+    Each row's first token is drawn with generated-token index 0.
+
+    The scores (`sampling.score_prompt`, zeros unless `want_prompt`, a traced bool like
+    `want_top`): at position t, how the model rates prompt token t + 1."""
     model = nnx.merge(graphdef, state)
     k, t = ids_kt.shape
     cache = model.init_cache(k, t)
@@ -30,7 +34,8 @@ def prefill(graphdef, state, ids_kt, pixels, offsets_k, lengths_k, keys_k2, temp
     last = logits[jnp.arange(k), lengths_k - 1]
     token, logp, top, top_ids = sampling.choose(last, keys_k2, jnp.zeros((k,), jnp.int32), temp_k, top_p_k,
                                                 want_top)
-    return token, logp, top, top_ids, cache
+    scores = sampling.score_prompt(logits, ids_kt, want_prompt)
+    return token, logp, top, top_ids, cache, scores
 
 
 @functools.lru_cache(maxsize=None)

@@ -61,10 +61,17 @@ class Prompter:
         self.num_image_tokens = num_image_tokens
         self.limits = limits
 
-    def request(self, messages, params: SamplingParams) -> Request:
-        """OpenAI `messages` (already JSON-decoded) → Request; raises RequestError."""
-        system, turns, raw_images = self._parse(messages)
-        ids = self._tokenize(turns, system, len(raw_images))
+    def request(self, messages, params: SamplingParams, *, continue_final: bool = False,
+                generation_prompt: bool = True) -> Request:
+        """OpenAI `messages` (already JSON-decoded) → Request; raises RequestError.
+
+        `continue_final` (vLLM's `continue_final_message`): the last message is the assistant's,
+        and the prompt ends inside it, where training would put its end token; with
+        `prompt_logprobs` that scores a given answer. `generation_prompt` False
+        (`add_generation_prompt`): a prompt ending with the user turn, without the assistant's
+        prefix."""
+        system, turns, raw_images = self._parse(messages, continue_final)
+        ids = self._tokenize(turns, system, len(raw_images), continue_final, generation_prompt)
         pixels = np.stack([self._image(b, i) for i, b in enumerate(raw_images)]) if raw_images else None
         return Request(ids, pixels, params)
 
@@ -74,7 +81,7 @@ class Prompter:
         return self._tokenize(turns, system, num_images)
 
     # -- messages ------------------------------------------------------------------
-    def _parse(self, messages):
+    def _parse(self, messages, continue_final: bool = False):
         if not isinstance(messages, list) or not messages:
             raise RequestError("'messages' must be a non-empty list", "messages")
         system, turns, raw_images = None, [], []
@@ -95,8 +102,10 @@ class Prompter:
             else:
                 raise RequestError(f"{where}: role must be system (first), user or assistant, got {role!r}",
                                    f"{where}.role")
-        if not turns or turns[-1][0] != USER:
-            raise RequestError("the last message must come from the user", "messages")
+        last = ASSISTANT if continue_final else USER
+        if not turns or turns[-1][0] != last:
+            raise RequestError(f"the last message must come from the {last}" +
+                               (" (continue_final_message)" if continue_final else ""), "messages")
         if len(raw_images) > self.limits.max_images:
             raise RequestError(f"{len(raw_images)} images; at most {self.limits.max_images} per request",
                                "messages")
@@ -156,9 +165,16 @@ class Prompter:
         except Exception as e:
             raise RequestError(f"image {index}: {e}", "messages") from None
 
-    def _tokenize(self, turns, system, num_images: int) -> np.ndarray:
+    def _tokenize(self, turns, system, num_images: int, continue_final: bool = False,
+                  generation_prompt: bool = True) -> np.ndarray:
         tok = self.tokenizer
-        text = self.template.render_prompt(turns, bos=tok.bos_token or "", eos=tok.eos_token or "", system=system)
+        special = dict(bos=tok.bos_token or "", eos=tok.eos_token or "", system=system)
+        if continue_final:
+            text = self.template.render_continuation(turns, **special)
+        elif generation_prompt:
+            text = self.template.render_prompt(turns, **special)
+        else:
+            text = "".join(s.text for s in self.template.render(turns, **special))
         ids = np.asarray(tok(text, add_special_tokens=False).input_ids, np.int32)
         is_image = ids == self.image_token_id
         if int(is_image.sum()) != num_images:

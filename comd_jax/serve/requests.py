@@ -26,6 +26,9 @@ class Result:
     logprobs: Optional[list] = None  # per generated token, when asked for
     # per generated token, with top_logprobs: [(token id, logprob)] * k, most likely first
     top_logprobs: Optional[list] = None
+    # with prompt_logprobs: per prompt token, None for the first, then (its logprob, its rank,
+    # [(token id, logprob)] * k most likely first) at its position (vLLM's prompt_logprobs)
+    prompt_logprobs: Optional[list] = None
 
 
 class Sequence:
@@ -41,6 +44,16 @@ class Sequence:
         self.top_logprobs: list = []
         self.finish_reason: Optional[str] = None
         self.stop_text: Optional[str] = None
+        self.prompt_scores: Optional[list] = None
+
+    def score_prompt(self, scores: dict) -> None:
+        """Keeps the prefill's scores of this prompt (`sampling.score_prompt`'s arrays, one row)."""
+        k, n = self.params.prompt_logprobs, len(self.request.prompt_ids)
+        out = [None]
+        for t in range(n - 1):  # position t rates prompt token t + 1
+            tops = [(int(i), float(v)) for i, v in zip(scores["top_ids"][t][:k], scores["top"][t][:k])]
+            out.append((float(scores["logprob"][t]), int(scores["rank"][t]), tops))
+        self.prompt_scores = out
 
     @property
     def params(self) -> SamplingParams:
@@ -92,4 +105,5 @@ class Sequence:
         return Result(text=text, token_ids=list(self.tokens), finish_reason=self.finish_reason or "length",
                       prompt_tokens=int(len(self.request.prompt_ids)),
                       logprobs=list(self.logprobs) if self.params.logprobs else None,
-                      top_logprobs=list(self.top_logprobs) if self.params.top_logprobs else None)
+                      top_logprobs=list(self.top_logprobs) if self.params.top_logprobs else None,
+                      prompt_logprobs=self.prompt_scores)

@@ -23,6 +23,9 @@ class SamplingParams:
     stop: tuple = ()  # stop strings; the text ends before the first one found
     logprobs: bool = False
     top_logprobs: int = 0  # with logprobs: the k most likely tokens at each position (k <= TOP_LOGPROBS)
+    # vLLM's prompt_logprobs: None = off; k = each prompt token's logprob and rank, with the k most
+    # likely tokens at its position (0 = the token alone)
+    prompt_logprobs: Optional[int] = None
 
     def __post_init__(self):
         object.__setattr__(self, "stop", tuple(self.stop))
@@ -38,6 +41,8 @@ class SamplingParams:
             raise ValueError(f"top_logprobs must be in [0, {TOP_LOGPROBS}], got {self.top_logprobs}")
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs=True")
+        if self.prompt_logprobs is not None and not 0 <= self.prompt_logprobs <= TOP_LOGPROBS:
+            raise ValueError(f"prompt_logprobs must be in [0, {TOP_LOGPROBS}], got {self.prompt_logprobs}")
 
 
 def _top_p_filter(scaled_bv, top_p_b):
@@ -88,3 +93,27 @@ def choose(logits_bv, keys_b2, counts_b, temp_b, top_p_b, want_top=False):
     logp = jax.nn.log_softmax(logits_bv, axis=-1)
     top, top_ids = jax.lax.cond(want_top, _top, _no_top, logp)
     return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0], top, top_ids
+
+
+def _scores(logits_btv, ids_bt):
+    logp = jax.nn.log_softmax(logits_btv.astype(jnp.float32), axis=-1)
+    nxt = jnp.pad(ids_bt[:, 1:], ((0, 0), (0, 1)))
+    actual = jnp.take_along_axis(logp, nxt[..., None], axis=-1)
+    rank = 1 + jnp.sum(logp > actual, axis=-1).astype(jnp.int32)  # vLLM's rank: 1 = the most likely
+    top, top_ids = jax.lax.top_k(logp, min(TOP_LOGPROBS, logp.shape[-1]))
+    return {"logprob": actual[..., 0], "rank": rank, "top": top, "top_ids": top_ids.astype(jnp.int32)}
+
+
+def _no_scores(logits_btv, ids_bt):
+    b, t = ids_bt.shape
+    k = min(TOP_LOGPROBS, logits_btv.shape[-1])
+    return {"logprob": jnp.zeros((b, t), jnp.float32), "rank": jnp.zeros((b, t), jnp.int32),
+            "top": jnp.zeros((b, t, k), jnp.float32), "top_ids": jnp.zeros((b, t, k), jnp.int32)}
+
+
+def score_prompt(logits_btv, ids_bt, want):
+    """How the model rates each next prompt token (vLLM's `prompt_logprobs`): at position t, the
+    log-probability of ids[t + 1] [B, T], its rank in the vocabulary [B, T], and the
+    TOP_LOGPROBS largest log-probabilities [B, T, K] with their ids. The last position rates
+    nothing. All zeros unless `want` (a traced bool, so asking compiles nothing new)."""
+    return jax.lax.cond(want, _scores, _no_scores, logits_btv, ids_bt)

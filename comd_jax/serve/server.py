@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hmac
 import json
 import logging
@@ -89,9 +90,12 @@ async def _chat(request):
         raise RequestError(f"model {model!r} does not exist; this server serves {settings['model_name']!r}",
                            "model", status=404, code="model_not_found")
     params, n = protocol.sampling_params(body, prompter.limits)
+    options = protocol.prompt_options(body)
     loop = asyncio.get_running_loop()
     # Decoding images and tokenizing run off the event loop.
-    base = await loop.run_in_executor(None, prompter.request, body.get("messages"), params)
+    base = await loop.run_in_executor(None, functools.partial(
+        prompter.request, body.get("messages"), params, continue_final=options.continue_final,
+        generation_prompt=options.generation_prompt))
     requests = [dataclasses.replace(base, params=dataclasses.replace(params, seed=protocol.choice_seed(params.seed, i)))
                 for i in range(n)]
     try:
@@ -100,7 +104,8 @@ async def _chat(request):
     except ValueError as e:
         raise RequestError(str(e), "max_tokens") from None
     results = await asyncio.gather(*(engine.generate(r) for r in requests))
-    return web.json_response(protocol.completion(list(results), settings["model_name"], prompter.tokenizer))
+    return web.json_response(protocol.completion(list(results), settings["model_name"], prompter.tokenizer,
+                                                 base.prompt_ids, options))
 
 
 def create_app(engine, prompter: Prompter, *, model_name: str, api_key=None, compiles=None,

@@ -99,7 +99,8 @@ def warm_up(engine, *, max_prompt_tokens: int, max_images: int) -> Plan:
         offsets = np.zeros(k, np.int32) if n else None
         _, _, keys, temp, top_p = rows_of(k)[1:]
         jax.block_until_ready(kernels.prefill(g, state, np.zeros((k, t), np.int32), pixels, offsets,
-                                              np.ones(k, np.int32), keys, temp, top_p, np.bool_(False)))
+                                              np.ones(k, np.int32), keys, temp, top_p, np.bool_(False),
+                                              np.bool_(False)))
     for b, s, k, t in p.insert:
         prompt = engine.empty_cache(k, t)
         jax.block_until_ready(kernels.insert(engine.empty_cache(b, s), prompt, np.zeros(k, np.int32)))

@@ -194,6 +194,33 @@ def test_our_client(server):
         dead.chat_sync([user_message("hi")])
 
 
+def test_scoring_a_given_answer_with_an_image_through_the_server(server):
+    """vLLM's prompt_logprobs with continue_final_message: every prompt position rated, the prompt's
+    own token in every entry, images expanded in the positions; the client reads it; the limits."""
+    from comd_jax.serve.client import ChatClient, ClientConfig, score_body
+
+    messages = [user_message("Describe the image.", [png()]), {"role": "assistant", "content": "A red circle."}]
+    status, reply = raw(server, score_body(MODEL, messages, 5))
+    assert status == 200, reply
+    scored = reply["prompt_logprobs"]
+    assert len(scored) == reply["usage"]["prompt_tokens"] > image_tokens() and scored[0] is None
+    for entry in scored[1:]:
+        assert 5 <= len(entry) <= 6  # the top 5, and the prompt's own token when it is not among them
+        best = min(entry.values(), key=lambda e: e["rank"])
+        assert best["rank"] == 1 and best["logprob"] == max(e["logprob"] for e in entry.values())
+        assert all(e["decoded_token"] == f"token_id:{i}" for i, e in entry.items())
+    client = ChatClient(ClientConfig(server.base_url, MODEL, api_key=KEY))
+    scores = asyncio.run(client.score(messages, 5))
+    assert len(scores.positions) == len(scored) and len(scores.final) == 5
+    assert scores.positions[-1] == {int(i): e["logprob"] for i, e in scored[-1].items()}
+    client.probe_scoring(5)  # our server can score: the run may use kd
+    for bad, param in (({"prompt_logprobs": 21}, "prompt_logprobs"),
+                       ({"add_generation_prompt": True}, "add_generation_prompt"),
+                       ({"messages": messages[:1]}, "messages")):
+        status, reply = raw(server, {**score_body(MODEL, messages, 5), **bad})
+        assert status == 400 and reply["error"]["param"] == param, reply
+
+
 def test_top_logprobs_through_the_server(server):
     status, reply = raw(server, chat("Is it red?", max_tokens=3, temperature=0, logprobs=True, top_logprobs=4))
     assert status == 200, reply
