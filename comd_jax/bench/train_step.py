@@ -18,6 +18,10 @@ block's queries and MLP and for the LM head, as a stage with
 `head_capacity_steps=8` trains (`--full_head`: every position, the trainer's
 default and transformers' only way).
 
+`--kd=topk` (or `on_policy`) times instead our step with and without the teacher's top-k KL
+(train/kd.py, k = `--kd_k`, every target position scored), interleaved, and prints last
+the KD step's time over the plain step's: what white-box distillation costs a step.
+
 The share of the matmul peak is model-FLOP utilization as PaLM defines it: the
 model's FLOPs per step (the same count for both sides, whatever work an
 implementation skips) over step time. Ours is also printed on the FLOPs it
@@ -82,7 +86,16 @@ def make_batch(size: Size, cfg, seed: int = 0) -> dict:
     return {"input_ids": ids, "attention_mask": mask, "loss_mask": loss, "pixel_values": px}
 
 
-def build_ours(cfg, batch: dict, seed: int = 0, full_head: bool = False):
+def with_teacher_scores(batch: dict, vocab: int, k: int, seed: int = 1) -> dict:
+    """The batch with a random teacher's top-k scores at every target position (float16, as stored)."""
+    rng = np.random.default_rng(seed)
+    b, t = batch["input_ids"].shape
+    ids = np.stack([rng.choice(vocab, k, replace=False) for _ in range(b * t)]).reshape(b, t, k).astype(np.int32)
+    logp = np.sort(np.log(rng.dirichlet(np.ones(k * 2), b * t)[:, :k]), axis=-1)[:, ::-1].reshape(b, t, k)
+    return {**batch, "kd_ids": ids, "kd_logp": logp.astype(np.float16), "kd_mask": batch["loss_mask"].copy()}
+
+
+def build_ours(cfg, batch: dict, seed: int = 0, full_head: bool = False, kd=None):
     """(run one step and block → loss, holder of the train state, setup, compiled step, batch as fed).
 
     Ours runs the LM head only at the positions that predict a target (train/targets.py;
@@ -100,9 +113,9 @@ def build_ours(cfg, batch: dict, seed: int = 0, full_head: bool = False):
     optim = OptimConfig(learning_rate=1e-4, warmup_ratio=0.0, schedule="constant", total_steps=10 ** 6)
     setup = create_setup(cfg, optim, mesh, "fsdp")
     holder = {"state": init_state(setup, seed)}
-    fed = host_batch(batch, setup, capacity_steps=0 if full_head else CAPACITY_STEPS)
-    device_batch = jax.device_put(fed, batch_shardings(setup))
-    step = build_train_step(setup, 1)
+    fed = host_batch(batch, setup, capacity_steps=0 if full_head else CAPACITY_STEPS, kd=kd)
+    device_batch = jax.device_put(fed, batch_shardings(setup, kd))
+    step = build_train_step(setup, 1, kd=kd)
     rng = jax.random.key(0)
     compiled = step.lower(holder["state"], device_batch, rng).compile()
 
@@ -167,6 +180,37 @@ def run(size: Size = Size(), rounds: int = 5, steps: int = 3, peak_n: int = 2048
     return out
 
 
+def run_kd(size: Size = Size(), mode: str = "topk", k: int = 20, rounds: int = 5, steps: int = 3,
+           full_head: bool = False, **model_overrides) -> dict:
+    """Our step with and without the KD term, same model, batch and head positions."""
+    from comd_jax.bench import timing
+    from comd_jax.train.kd import KDConfig
+
+    load_before = os.getloadavg()[0]
+    cfg = model_config(size, **model_overrides)
+    batch = with_teacher_scores(make_batch(size, cfg), size.vocab, k)
+    plain, *_ = build_ours(cfg, batch, full_head=full_head)
+    kd, *_ = build_ours(cfg, batch, full_head=full_head, kd=KDConfig(mode=mode, top_k=k))
+    first = {"plain": plain(), "kd": kd()}
+    times = timing.interleaved_rounds({"plain": plain, "kd": kd}, rounds, steps)
+    return {"first_loss": first, "times": times, "mode": mode, "k": k, "load": (load_before, os.getloadavg()[0]),
+            "ratio": times["kd"]["best"] / times["plain"]["best"],
+            "cpu_ratio": times["kd"]["cpu_best"] / times["plain"]["cpu_best"]}
+
+
+def report_kd(r: dict) -> None:
+    print(f"load average {r['load'][0]:.2f} before, {r['load'][1]:.2f} after; kd={r['mode']}, k={r['k']}, "
+          f"every target position scored")
+    print(f"first loss      plain {r['first_loss']['plain']:.5f}   with kd {r['first_loss']['kd']:.5f} "
+          "(the cross-entropy: equal)")
+    for name in ("plain", "kd"):
+        t = r["times"][name]
+        print(f"{name:6s} step    best {t['best'] * 1e3:7.1f} ms  median {t['median'] * 1e3:7.1f} ms  "
+              f"cpu {t['cpu_best'] * 1e3:7.1f} ms")
+    print(f"ratio on CPU time (kd/plain): {r['cpu_ratio']:.3f}")
+    print(f"ratio (kd step / plain step time): {r['ratio']:.3f}")
+
+
 def report(r: dict) -> None:
     print(f"layers          {'unrolled' if r['unroll_layers'] else 'scanned'}; jax {r['jax']}; "
           f"load average {r['load'][0]:.1f} before, {r['load'][1]:.1f} after")
@@ -201,9 +245,16 @@ def main(argv=None) -> None:
                         help="run our LM head at every position (transformers' work) instead of only where a target is")
     for field in dataclasses.fields(Size):
         parser.add_argument(f"--{field.name}", type=int, default=field.default)
+    parser.add_argument("--kd", choices=("topk", "on_policy"), default=None,
+                        help="time our step with and without the teacher's top-k KL instead of against torch")
+    parser.add_argument("--kd_k", type=int, default=20, help="the teacher's k with --kd")
     args = parser.parse_args(argv)
     size = Size(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Size)})
     print(f"size: {size}")
+    if args.kd:
+        report_kd(run_kd(size, args.kd, args.kd_k, args.rounds, args.steps, full_head=args.full_head,
+                         unroll_layers=not args.scan))
+        return
     report(run(size, args.rounds, args.steps, full_head=args.full_head, unroll_layers=not args.scan))
 
 

@@ -4,7 +4,8 @@ Loss: next-token cross-entropy on positions whose `loss_mask` is 1, normalized
 by the number of target tokens in the whole global batch, so gradient
 accumulation over microbatches gives exactly the full-batch gradient. The LM
 head runs at the positions `target_index` lists: every position, or, when a
-stage opts in, only those that predict a target (targets.py).
+stage opts in, only those that predict a target (targets.py). A stage with `kd`
+adds the teacher's top-k KL at the positions it scored (kd.py), in the same pass.
 """
 from __future__ import annotations
 
@@ -18,14 +19,11 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from comd_jax import sharding as shd
 from comd_jax.models.layers import take_positions
+from comd_jax.train import kd as kd_lib
 from comd_jax.train import targets as targets_lib
+from comd_jax.train.kd import KDConfig
 from comd_jax.train.optim import TRAIN, schedule
 from comd_jax.train.state import Setup, TrainState
-
-def _shift_left(x):
-    """x[:, 1:] padded back to length T with zeros."""
-    return jnp.pad(x[:, 1:], ((0, 0), (0, 1)))
-
 
 def cross_entropy(logits_btv, targets_bt):
     """(next-token NLL, "target holds the top logit") per position, float32.
@@ -45,27 +43,45 @@ def cross_entropy(logits_btv, targets_bt):
     return nll, target >= 0.0
 
 
-def token_losses(model, batch):
-    """Summed next-token NLL, target count and correct count over one (micro)batch.
-
-    With `target_index` [B, K] (see targets.py) and K < T, the LM head and the last
-    block's queries and MLP run only at the listed positions; without it, or with
-    K == T, at every position.
-    """
-    # Shift the small targets, not the [B, T, V] logits: slicing the logits copies
-    # them forward and pads their gradient backward. The last position weighs 0.
-    targets = _shift_left(batch["input_ids"])
-    weights = _shift_left(batch["loss_mask"].astype(jnp.float32))
+def _head(model, batch):
+    """(logits, index or None): the LM head at every position, or with `target_index` [B, K] (see
+    targets.py) and K < T only at the listed positions (the last block's queries and MLP too)."""
     index = batch.get("target_index")
-    if index is None or index.shape[1] == targets.shape[1]:
-        logits = model(batch["input_ids"], batch.get("pixel_values"), batch["attention_mask"])
-    else:
-        hidden = model.hidden_states(batch["input_ids"], batch.get("pixel_values"), batch["attention_mask"],
-                                     keep=index)
-        logits = model.text.logits(hidden)
-        targets, weights = take_positions(targets, index), take_positions(weights, index)
+    if index is None or index.shape[1] == batch["input_ids"].shape[1]:
+        return model(batch["input_ids"], batch.get("pixel_values"), batch["attention_mask"]), None
+    hidden = model.hidden_states(batch["input_ids"], batch.get("pixel_values"), batch["attention_mask"], keep=index)
+    return model.text.logits(hidden), index
+
+
+def _at_head(x, index):
+    """A per-position batch array shifted to the predicting position, then where the head ran.
+    Shift the small arrays, not the [B, T, V] logits: slicing the logits copies them forward and
+    pads their gradient backward. The last position weighs 0."""
+    x = jnp.pad(x[:, 1:], ((0, 0), (0, 1)) + ((0, 0),) * (x.ndim - 2))
+    return x if index is None else take_positions(x, index)
+
+
+def _cross_entropy_sums(logits, index, batch):
+    targets = _at_head(batch["input_ids"], index)
+    weights = _at_head(batch["loss_mask"].astype(jnp.float32), index)
     nll, correct = cross_entropy(logits, targets)
     return jnp.sum(nll * weights), jnp.sum(weights), jnp.sum(correct.astype(jnp.float32) * weights)
+
+
+def token_losses(model, batch):
+    """Summed next-token NLL, target count and correct count over one (micro)batch."""
+    logits, index = _head(model, batch)
+    return _cross_entropy_sums(logits, index, batch)
+
+
+def kd_sums(logits, index, batch, kd: KDConfig):
+    """Summed top-k KL and its position count: the teacher's scores (`kd_logp`, `kd_ids`
+    [B, T, k], at the position of the token they rate, like `loss_mask`) where `kd_mask` is set,
+    at the positions the head ran."""
+    weights = _at_head(batch["kd_mask"].astype(jnp.float32), index)
+    kl = kd_lib.topk_kl(logits, _at_head(batch["kd_logp"], index), _at_head(batch["kd_ids"], index),
+                        kd.temperature, kd.direction)
+    return jnp.sum(kl * weights), jnp.sum(weights)
 
 
 def _freeze(params: dict, labels: dict) -> dict:
@@ -89,31 +105,43 @@ def _microbatches(batch: dict, accum: int, setup: Setup) -> dict:
     return jax.tree.map(split, batch)
 
 
-def build_train_step(setup: Setup, grad_accum_steps: int = 1) -> Callable:
-    """The jitted train step with in/out shardings and the state donated."""
+def build_train_step(setup: Setup, grad_accum_steps: int = 1, kd: KDConfig | None = None) -> Callable:
+    """The jitted train step with in/out shardings and the state donated.
+
+    With `kd`, the loss adds `kd.alpha` times the top-k KL (kd.py) per scored position, in the
+    same forward pass and at the same head positions as the cross-entropy; its batch arrays
+    (`KD_NDIMS`) are sharded like the rest, so KD costs no extra compile."""
     lr_schedule = schedule(setup.optim_cfg)
 
-    def grads_of(params, batch, total_tokens):
+    def grads_of(params, batch, totals):
         def loss_fn(p):
-            nll, _, correct = token_losses(setup.model(_freeze(p, setup.labels)), batch)
-            return nll / total_tokens, correct
+            logits, index = _head(setup.model(_freeze(p, setup.labels)), batch)
+            nll, _, correct = _cross_entropy_sums(logits, index, batch)
+            aux = {"nll": nll / totals[0], "correct": correct}
+            if kd is None:
+                return aux["nll"], aux
+            kl, _ = kd_sums(logits, index, batch, kd)
+            aux["kd"] = kl / totals[1]
+            return aux["nll"] + kd.alpha * aux["kd"], aux
 
         return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
     def train_step(state: TrainState, batch: dict, rng: jax.Array):
         del rng  # LLaVA trains without dropout; kept in the signature for variants that sample
         total = jnp.maximum(jnp.sum(batch["loss_mask"][:, 1:].astype(jnp.float32)), 1.0)
+        scored = jnp.maximum(jnp.sum(batch["kd_mask"][:, 1:].astype(jnp.float32)), 1.0) if kd else None
         if grad_accum_steps == 1:
-            (loss, correct), grads = grads_of(state.params, batch, total)
+            (_, aux), grads = grads_of(state.params, batch, (total, scored))
         else:
             def body(carry, micro):
-                loss_acc, correct_acc, grad_acc = carry
-                (loss, correct), grads = grads_of(state.params, micro, total)
-                return (loss_acc + loss, correct_acc + correct, jax.tree.map(jnp.add, grad_acc, grads)), None
+                aux_acc, grad_acc = carry
+                (_, aux), grads = grads_of(state.params, micro, (total, scored))
+                return (jax.tree.map(jnp.add, aux_acc, aux), jax.tree.map(jnp.add, grad_acc, grads)), None
 
             zeros = jax.tree.map(jnp.zeros_like, state.params)
-            (loss, correct, grads), _ = jax.lax.scan(
-                body, (0.0, 0.0, zeros), _microbatches(batch, grad_accum_steps, setup))
+            start = {"nll": 0.0, "correct": 0.0, **({"kd": 0.0} if kd else {})}
+            (aux, grads), _ = jax.lax.scan(body, (start, zeros), _microbatches(batch, grad_accum_steps, setup))
+        loss, correct = aux["nll"], aux["correct"]
         trainable_grads = jax.tree.map(lambda g, l: g if l == TRAIN else None, grads, setup.labels)
         updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
         params = jax.tree.map(lambda p, u, l: p + u.astype(p.dtype) if l == TRAIN else p,
@@ -125,40 +153,52 @@ def build_train_step(setup: Setup, grad_accum_steps: int = 1) -> Callable:
             "grad_norm": optax.global_norm(trainable_grads),
             "learning_rate": lr_schedule(state.step),
         }
+        if kd is not None:  # "loss" stays the cross-entropy, comparable with runs without KD
+            metrics.update(kd_loss=aux["kd"], kd_positions=scored)
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     replicated = NamedSharding(setup.mesh, P())
     return jax.jit(train_step,
-                   in_shardings=(setup.state_shardings, batch_shardings(setup), replicated),
+                   in_shardings=(setup.state_shardings, batch_shardings(setup, kd), replicated),
                    out_shardings=(setup.state_shardings, replicated),
                    donate_argnums=(0,))
 
 
 BATCH_NDIMS = {"input_ids": 2, "attention_mask": 2, "loss_mask": 2, "pixel_values": 5, "target_index": 2}
+# The teacher's top-k scores of the token at each position (kd.py), where `kd_mask` is set.
+KD_NDIMS = {"kd_ids": 3, "kd_logp": 3, "kd_mask": 2}
 
 
-def batch_keys(setup: Setup) -> tuple:
+def batch_keys(setup: Setup, kd: KDConfig | None = None) -> tuple:
     """What the step consumes: pixel_values only when the model has a vision tower;
-    target_index (which positions the LM head runs on) is added by `host_batch`."""
-    return tuple(k for k in BATCH_NDIMS if k != "pixel_values" or setup.model_cfg.vision is not None)
+    target_index (which positions the LM head runs on) is added by `host_batch`; the KD arrays
+    with `kd`."""
+    keys = tuple(k for k in BATCH_NDIMS if k != "pixel_values" or setup.model_cfg.vision is not None)
+    return keys + (tuple(KD_NDIMS) if kd is not None else ())
 
 
-def host_batch(batch: dict, setup: Setup, capacity_steps: int = 0) -> dict:
+def host_batch(batch: dict, setup: Setup, capacity_steps: int = 0, kd: KDConfig | None = None) -> dict:
     """A pipeline batch (host numpy) → exactly the arrays the step takes, with the
-    LM head's `target_index` computed from the loss mask (`capacity_steps`: see
-    targets.py; 0 = every position, e.g. 8 = target positions in widths of T/8).
-    On a multi-host job every process must call this for every batch (the hosts
-    agree on the index's width)."""
-    out = {k: np.asarray(batch[k]) for k in batch_keys(setup) if k != "target_index"}
-    out["target_index"] = targets_lib.target_index(out["loss_mask"], steps=capacity_steps)
+    LM head's `target_index` computed from the loss mask (and the KD mask: the head runs
+    wherever either needs it) (`capacity_steps`: see targets.py; 0 = every position, e.g.
+    8 = target positions in widths of T/8). On a multi-host job every process must call
+    this for every batch (the hosts agree on the index's width)."""
+    missing = [k for k in batch_keys(setup, kd) if k != "target_index" and k not in batch]
+    if missing:
+        raise ValueError(f"the batch has no {missing}" + (
+            f": this stage distils with kd={kd.mode!r}, and its pipeline attached no teacher scores"
+            if kd is not None and set(missing) & set(KD_NDIMS) else ""))
+    out = {k: np.asarray(batch[k]) for k in batch_keys(setup, kd) if k != "target_index"}
+    head = out["loss_mask"] if kd is None else np.maximum(out["loss_mask"], out["kd_mask"].astype(out["loss_mask"].dtype))
+    out["target_index"] = targets_lib.target_index(head, steps=capacity_steps)
     return out
 
 
-def batch_shardings(setup: Setup) -> dict:
+def batch_shardings(setup: Setup, kd: KDConfig | None = None) -> dict:
     """Every batch array split along its leading (batch) axis."""
     axes = dict(setup.rules).get("batch", shd.BATCH)
-    return {k: NamedSharding(setup.mesh, P(axes, *([None] * (BATCH_NDIMS[k] - 1))))
-            for k in batch_keys(setup)}
+    ndims = {**BATCH_NDIMS, **KD_NDIMS}
+    return {k: NamedSharding(setup.mesh, P(axes, *([None] * (ndims[k] - 1)))) for k in batch_keys(setup, kd)}
 
 
 def build_eval_step(setup: Setup) -> Callable:

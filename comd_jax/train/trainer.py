@@ -19,6 +19,7 @@ from flax.traverse_util import flatten_dict
 
 from comd_jax.models.config import VLMConfig
 from comd_jax.train.checkpoint import StageCheckpoints
+from comd_jax.train.kd import KDConfig
 from comd_jax.train.metrics import MetricsLogger, Throughput
 from comd_jax.train.optim import FROZEN, TRAIN, OptimConfig, count
 from comd_jax.train.state import Setup, TrainState, create_setup, init_state
@@ -38,6 +39,7 @@ class StageConfig:
     keep_checkpoints: int = 2
     async_checkpoints: bool = True
     head_capacity_steps: int = 0  # 0: every position; e.g. 8: last block + LM head only at targets (train/targets.py)
+    kd: Optional[KDConfig] = None  # the teacher's top-k scores in the loss (train/kd.py); the data must carry them
 
     @property
     def total_steps(self) -> int:
@@ -115,15 +117,15 @@ def train_stage(stage: StageConfig, model_cfg: VLMConfig, mesh, recipe: str, see
         summary["eval_before"] = evaluate(eval_step, state.params, eval_data(), setup, stage.head_capacity_steps)
         logger.scalars(0, summary["eval_before"], "eval")
         logger.print(f"[{stage.name}] held-out before: loss {summary['eval_before']['loss']:.4f}")
-    train_step = build_train_step(setup, stage.grad_accum_steps)
-    shardings = batch_shardings(setup)
+    train_step = build_train_step(setup, stage.grad_accum_steps, kd=stage.kd)
+    shardings = batch_shardings(setup, stage.kd)
     base_key = jax.random.key(seed)
     throughput = Throughput(flops_per_step, mesh.size)
     pending = []
     for step in range(start, stage.total_steps):
         batch = next(train_data)
         device_batch = {k: jax.make_array_from_process_local_data(shardings[k], v)
-                        for k, v in host_batch(batch, setup, stage.head_capacity_steps).items()}
+                        for k, v in host_batch(batch, setup, stage.head_capacity_steps, stage.kd).items()}
         state, metrics = train_step(state, device_batch, jax.random.fold_in(base_key, step))
         pending.append(metrics)
         done = step + 1

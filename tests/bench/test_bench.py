@@ -29,6 +29,20 @@ def test_train_step_bench_runs_and_both_sides_agree():
     assert r["ours_done_peak_share"] == pytest.approx(r["ours_peak_share"] * r["flops"]["ours"] / r["model_flops"])
 
 
+def test_train_step_bench_times_the_kd_term(capsys):
+    from comd_jax.bench import train_step
+
+    size = train_step.Size(hidden=32, intermediate=64, layers=1, heads=2, kv_heads=1, vocab=64,
+                           vision_hidden=32, vision_layers=2, image_size=28, patch=14, images=1,
+                           batch=2, seq_len=16)
+    r = train_step.run_kd(size, "topk", k=4, rounds=1, steps=1)
+    # The cross-entropy is the same number; the KD term is reported beside it, not in it.
+    assert r["first_loss"]["plain"] == pytest.approx(r["first_loss"]["kd"], rel=1e-6)
+    assert r["ratio"] > 0 and set(r["times"]) == {"plain", "kd"}
+    train_step.report_kd(r)
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("ratio (kd step / plain step time)")
+
+
 def test_flops_count_the_frozen_tower_forward_only():
     from comd_jax.bench import train_step
     from comd_jax.train import flops
