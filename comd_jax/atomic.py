@@ -15,6 +15,14 @@ def write_text(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_bytes(path: str, data: bytes) -> None:
+    """`path` holds `data` or what it held before, never a torn mix."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 @contextlib.contextmanager
 def directory(path: str):
     """`with directory(out) as tmp:` write into `tmp`; on success it becomes `out` (replacing

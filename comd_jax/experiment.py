@@ -152,8 +152,21 @@ class DistillSection:
     teacher_model: str
     teacher_api_key_env: str
     eval_limit: int
+    kd: str
+    kd_alpha: float
+    kd_temperature: float
+    kd_top_k: int
 
     def check(self, where: str) -> None:
+        from comd_jax.train.kd import MAX_TOP_K, MODES
+
+        _one_of(f"{where}.kd", self.kd, MODES)
+        if not 1 <= self.kd_top_k <= MAX_TOP_K:
+            raise ConfigError(f"{where}.kd_top_k={self.kd_top_k!r}: within [1, {MAX_TOP_K}] (what OpenAI-compatible "
+                              "endpoints send at most)")
+        if self.kd_temperature <= 0 or self.kd_alpha < 0:
+            raise ConfigError(f"{where}.kd_temperature must be > 0 and {where}.kd_alpha >= 0, got "
+                              f"{self.kd_temperature!r} and {self.kd_alpha!r}")
         _one_of(f"{where}.judge", self.judge, ("reference", "llm"))
         _one_of(f"{where}.augmentor", self.augmentor, ("procedural", "llm"))
         _one_of(f"{where}.seed_policy", self.seed_policy, ("hard", "random"))

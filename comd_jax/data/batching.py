@@ -7,6 +7,10 @@ The batch contract (what the model and train step consume):
                                   (logits[:, t-1] predict it)
   pixel_values    float32 [B, M, H, W, 3]  normalized, zeros in empty slots
   image_mask      bool    [B, M]  which image slots hold an image
+and, with the teacher's scores (`kd_k` > 0, distill.kd), at the position of the token they rate:
+  kd_ids          int32   [B, T, k]  the teacher's k most likely tokens
+  kd_logp         float16 [B, T, k]  their log-probabilities
+  kd_mask         float32 [B, T]     1.0 where the teacher rated the token
 T is the smallest bucket that fits the longest example, so a jitted step
 compiles once per bucket rather than once per batch.
 """
@@ -31,6 +35,7 @@ class BatchShape:
     max_images: int
     image_size: int
     pad_id: int
+    kd_k: int = 0
 
     def __post_init__(self):
         if self.batch_size <= 0 or self.max_images <= 0 or not self.length_buckets:
@@ -60,7 +65,16 @@ def make_batch(examples: Sequence[Example], shape: BatchShape) -> Batch:
         "pixel_values": np.zeros((b, m, s, s, 3), np.float32),
         "image_mask": np.zeros((b, m), bool),
     }
+    if shape.kd_k:
+        batch["kd_ids"] = np.zeros((b, length, shape.kd_k), np.int32)
+        batch["kd_logp"] = np.zeros((b, length, shape.kd_k), np.float16)
+        batch["kd_mask"] = np.zeros((b, length), np.float32)
     for row, example in enumerate(examples):
+        if shape.kd_k and example.kd is not None:
+            positions, ids, logp = example.kd
+            batch["kd_ids"][row, positions] = ids[:, :shape.kd_k]
+            batch["kd_logp"][row, positions] = logp[:, :shape.kd_k]
+            batch["kd_mask"][row, positions] = 1.0
         n, k = example.num_tokens, example.pixel_values.shape[0]
         batch["input_ids"][row, :n] = example.input_ids
         batch["attention_mask"][row, :n] = 1
@@ -82,4 +96,7 @@ def pad_to_length(batch: Batch, length: int, pad_id: int) -> Batch:
     padded["input_ids"] = np.pad(batch["input_ids"], extra, constant_values=pad_id)
     padded["attention_mask"] = np.pad(batch["attention_mask"], extra)
     padded["loss_mask"] = np.pad(batch["loss_mask"], extra)
+    for key in ("kd_ids", "kd_logp", "kd_mask"):
+        if key in batch:
+            padded[key] = np.pad(batch[key], extra + ((0, 0),) * (batch[key].ndim - 2))
     return padded

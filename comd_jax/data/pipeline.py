@@ -47,6 +47,7 @@ class PipelineConfig:
     num_threads: int = 2  # threads decoding images/tokenizing; both release the GIL
     read_buffer: int = 64  # examples processed ahead
     prefetch_batches: int = 2  # batches assembled ahead in a background thread
+    kd_k: int = 0  # > 0: batches carry the teacher's top-k scores (the processor's teacher_scores)
 
     def __post_init__(self):
         if self.batch_size <= 0 or self.num_threads <= 0 or self.prefetch_batches < 0:
@@ -90,6 +91,7 @@ class InputPipeline:
             config.max_images,
             processor.image_config.size,
             processor.pad_id,
+            config.kd_k,
         )
         self._iterator = iter(self._dataset(source, processor))
         self._finished = False
@@ -210,9 +212,11 @@ def make_pipeline(
     config: PipelineConfig,
     process_index: int | None = None,
     process_count: int | None = None,
+    teacher_scores=None,
 ) -> InputPipeline:
     """The usual construction: the longest bucket is the maximum sample length."""
     processor = ExampleProcessor(
+        teacher_scores=teacher_scores,
         template=template,
         tokenizer=tokenizer,
         image_config=image_config,

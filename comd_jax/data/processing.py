@@ -21,6 +21,8 @@ class Example:
     input_ids: np.ndarray  # int32 [T]
     loss_mask: np.ndarray  # bool [T]
     pixel_values: np.ndarray  # float32 [N, H, W, 3], N = images in this sample
+    # The teacher's top-k at some target positions (distill.kd): (positions [n], ids [n, k], logp [n, k])
+    kd: tuple | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -39,7 +41,10 @@ class ExampleProcessor:
         num_image_tokens: int,
         max_length: int,
         max_images: int = 1,
+        teacher_scores=None,
     ):
+        """`teacher_scores`: {sample id: distill.kd_scores.ScoredAnswer}, laid onto each sample's
+        last answer (a sample scored as KD-only trains no cross-entropy)."""
         if num_image_tokens <= 0 or max_length <= 0 or max_images <= 0:
             raise ValueError("num_image_tokens, max_length and max_images must be positive")
         self.template = get_template(template)
@@ -49,6 +54,7 @@ class ExampleProcessor:
         self.max_length = max_length
         self.max_images = max_images
         self.pad_id = _pad_id(tokenizer)
+        self.teacher_scores = teacher_scores
         tokenize.image_token_id(tokenizer)  # Fail now, not per sample, if it is missing.
 
     def __call__(self, raw: RawExample) -> Example | errors.Skipped:
@@ -84,7 +90,23 @@ class ExampleProcessor:
         pixels = np.zeros((len(raw.images), size, size, 3), np.float32)
         for i, image in enumerate(raw.images):
             pixels[i] = images.preprocess(images.load_image(image), self.image_config)
-        return Example(raw.id, tokens.input_ids, tokens.loss_mask, pixels)
+        loss_mask, kd = tokens.loss_mask, None
+        if self.teacher_scores is not None:
+            scored = self.teacher_scores.get(raw.id)
+            if scored is not None:
+                loss_mask, kd = self._lay(raw, tokens.loss_mask, scored)
+        return Example(raw.id, tokens.input_ids, loss_mask, pixels, kd)
+
+    def _lay(self, raw: RawExample, loss_mask: np.ndarray, scored):
+        from comd_jax.distill.kd_scores import last_answer
+
+        positions = last_answer(loss_mask)
+        if len(positions) != len(scored.mask):
+            raise errors.SampleError(errors.MALFORMED_SAMPLE, f"the teacher's scores cover {len(scored.mask)} "
+                                     f"answer tokens, the sample has {len(positions)}: scores of another answer")
+        keep = scored.mask
+        kd = (positions[keep], scored.ids[keep], scored.logp[keep])
+        return (loss_mask if scored.ce else np.zeros_like(loss_mask)), kd
 
 
 def _pad_id(tokenizer) -> int:

@@ -30,7 +30,7 @@ def distill_config(config) -> DistillConfig:
         rounds=d.rounds, competitive=d.competitive, teacher_floor=d.teacher_floor or None,
         max_new_per_round=d.max_new_per_round, answer_max_tokens=d.answer_max_tokens,
         concurrency=d.concurrency, assess_chunk=d.assess_chunk, seed=config.seed, seed_policy=d.seed_policy,
-        seeds_per_round=d.seeds_per_round, oracle_answers=d.oracle_answers,
+        seeds_per_round=d.seeds_per_round, oracle_answers=d.oracle_answers, kd=d.kd,
         selection=SelectionConfig(threshold=d.threshold, easy_keep=d.easy_keep, student_margin=d.student_margin))
 
 
@@ -110,6 +110,36 @@ def _check(config, workdir: str) -> None:
                          f"world's answers); {config.distill.augmentor!r} writes instructions without one")
 
 
+def check_scoring(config, workdir: str = "") -> None:
+    """With `distill.kd`, an external teacher (`distill.teacher_url`) must score given answers
+    with top-k log-probabilities; refused by URL before any compute. (Our own server can.)"""
+    d = config.distill
+    if d.kd == "none" or not d.teacher_url or d.rounds == 0 or not multihost.is_writer():
+        return
+    from comd_jax.distill.endpoint import api_key, check_answers, openai_base
+    from comd_jax.serve.client import ChatClient, ClientConfig, ScoringUnsupported
+
+    url, key = openai_base(d.teacher_url), api_key(config, "teacher_api_key_env")
+    check_answers(url, "teacher_url", key)
+    try:
+        ChatClient(ClientConfig(base_url=url, model=d.teacher_model, api_key=key or None, retries=2)) \
+            .probe_scoring(d.kd_top_k)
+    except ScoringUnsupported as e:
+        raise ScoringUnsupported(
+            f"config.distill.kd={d.kd!r} needs a teacher that scores given answers (the top-{d.kd_top_k} "
+            f"log-probabilities at every position: vLLM's prompt_logprobs), and this one cannot: {e}. Set "
+            "distill.kd='none', or serve the teacher with vLLM or python -m comd_jax.serve (docs/byo.md)") from None
+
+
+def _scorer(config, workdir: str, client, student, images_of):
+    if config.distill.kd == "none":
+        return None
+    from comd_jax.distill.kd_scores import Scorer
+
+    return Scorer(client, os.path.join(workdir, "distill", "teacher_scores"), config.distill.kd_top_k,
+                  student.sample_tokens, images_of)
+
+
 def run_comd(config, workdir: str) -> dict:
     from comd_jax.distill import evaluation
     from comd_jax.distill.endpoint import TeacherEndpoint, snapshot
@@ -125,6 +155,7 @@ def run_comd(config, workdir: str) -> dict:
     workdir = paths.absolute(workdir)
     _check(config, workdir)
     section = evaluation.eval_section(config)  # its files are checked before any compute
+    check_scoring(config, workdir)
     os.makedirs(workdir, exist_ok=True)
     snapshot(config, workdir)  # what ran, whatever the teacher is (no key: keys live in the environment)
     job = Job.start(config, workdir)
@@ -153,7 +184,8 @@ def run_comd(config, workdir: str) -> dict:
             judge=_pick({"llm": _llm_judge(config), **kind.judges}, "judge", d.judge, judge_client),
             augmentor=_pick({"llm": _llm_augmentor(config), **kind.augmentors}, "augmentor", d.augmentor, client),
             answer_student=student.answer, tune=student.tune, images_of=kind.pool.images_of,
-            after_tune=lambda r: _print_round(r, evals.student(r, student))))
+            after_tune=lambda r: _print_round(r, evals.student(r, student)),
+            scorer=_scorer(config, workdir, client, student, kind.pool.images_of)))
         loop.seed_pool(lambda: answer_initial_pool(config, client, kind.pool))
         print("== competitive distillation rounds ==", flush=True)
         state = loop.run()

@@ -36,6 +36,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from comd_jax import multihost
+from comd_jax.distill import kd_scores
 from comd_jax.distill import pool as pool_lib
 from comd_jax.distill.augment import filter_novel
 from comd_jax.distill.judges import Verdict
@@ -68,8 +69,13 @@ class DistillConfig:
     # Diagnostic for data with ground truth (the offline world): new instructions take the
     # augmentor's own answer instead of the teacher's: what CoMD does with a teacher that knows.
     oracle_answers: bool = False
+    # White-box signals (train/kd.py): "topk" scores the pool's teacher-answered targets; "on_policy"
+    # scores the student's answers from the previous round's assessment, which train by KD alone.
+    kd: str = "none"
 
     def __post_init__(self):
+        if self.kd not in ("none", "topk", "on_policy"):
+            raise ValueError(f"kd must be 'none', 'topk' or 'on_policy', got {self.kd!r}")
         if self.seed_policy not in ("hard", "random"):
             raise ValueError(f"seed_policy must be 'hard' or 'random', got {self.seed_policy!r}")
         if self.seeds_per_round < 0:
@@ -88,6 +94,8 @@ class Components:
     # there, so a user sees each round's benchmarks as the run goes). It must be idempotent: a
     # kill inside it resumes at the assessment, and the driver catches up what it missed.
     after_tune: Optional[Callable[[int], None]] = None
+    # With distill.kd: a kd_scores.Scorer (the teacher's top-k of given answers, kept on disk).
+    scorer: Optional[object] = None
 
 
 class Loop:
@@ -156,11 +164,44 @@ class Loop:
             raise RuntimeError(f"{self.path('train_pool.jsonl')}: no entry has a usable target "
                                "(all excluded or empty answers); nothing to train on")
         train_json = self.path("train.json", r)
+        kd = {}
         if multihost.is_writer():
-            pool_lib.write_llava(train_json, entries)
+            samples = entries
+            if self.cfg.kd != "none":
+                samples, kd = self._scored_samples(r, entries)
+                kd_scores.write(kd_scores.kd_path(train_json), kd)
+            pool_lib.write_llava(train_json, samples)
         multihost.barrier(f"comd_jax.distill: round {r} train.json written")
         self.parts.tune(r, train_json)  # collective: every host reads its share of train_json
-        return {"train_pool": len(entries), "empty_targets": sum(not e.target.strip() for e in self.train_pool())}
+        summary = {"train_pool": len(entries), "empty_targets": sum(not e.target.strip() for e in self.train_pool())}
+        if self.cfg.kd != "none" and multihost.is_writer():
+            summary.update(kd_scored=len(kd), kd_only=sum(not s.ce for s in kd.values()))
+        return summary
+
+    def _scored_samples(self, r: int, entries: list) -> tuple:
+        """(the round's training samples, {sample id: ScoredAnswer}); process 0 only.
+
+        topk: the teacher scores its own answers in the pool. on_policy: it scores the student's
+        answers from round r - 1's assessment, which join the samples as KD-only rows (none in
+        round 0, before any assessment)."""
+        scorer = self.parts.scorer
+        if scorer is None:
+            raise ValueError(f"distill.kd={self.cfg.kd!r} needs a scorer (the teacher endpoint's top-k)")
+        if self.cfg.kd == "topk":
+            answered = [e for e in entries if e.provenance.get("answered_by") == "teacher"]
+            return entries, scorer.scores_for(answered)
+        if r == 0:
+            return entries, {}
+        records = _records(self.path("assess.jsonl", r - 1))
+        own = []
+        for e in entries:
+            record = records.get(e.id)
+            answer = (record or {}).get("student", "").strip()
+            if answer and not record.get("skipped"):
+                own.append(dataclasses.replace(e, id=f"{e.id}~student{r - 1}", target=answer,
+                                               provenance={**e.provenance, "on_policy_round": r - 1}))
+        scored = scorer.scores_for(own, ce=False)
+        return entries + [e for e in own if e.id in scored], scored
 
     def _assess(self, r: int) -> Optional[dict]:
         """Student answers (batched, in-process, on every process) and verdicts (process 0),

@@ -17,8 +17,9 @@ from comd_jax import stages as stages_lib
 from comd_jax.train.trainer import StageConfig, train_stage
 
 
-def stage_config(name: str, section) -> StageConfig:
-    return StageConfig(
+def stage_config(name: str, section, kd=None) -> StageConfig:
+    """`kd`: a train.kd.KDConfig (the distillation rounds' `distill.kd`), or None."""
+    return StageConfig(kd=kd,
         name=name, optim=config_lib.optim_config(section), global_batch=section.global_batch,
         grad_accum_steps=section.grad_accum_steps, log_every=section.log_every, eval_every=section.eval_every,
         eval_batches=section.eval_batches, save_every=section.save_every,
