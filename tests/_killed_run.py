@@ -5,6 +5,7 @@ PHASE=assess: dies after N assessment batches have been judged, before the N-th
 is written (earlier batches are on disk, the N-th is lost in flight).
 PHASE=augment: dies right after the teacher's N-th answer to a new instruction
 is appended (the others in flight are lost).
+PHASE=score: dies right after the N-th chunk of teacher scores is stored (distill.kd).
 No finally-blocks, no atexit, no Orbax flush: SIGKILL gives the process no say.
 """
 import os
@@ -47,6 +48,19 @@ def arm(phase: str, after: int):
                     die()
 
         pool.append = append_then_maybe_die
+    elif phase == "score":
+        from comd_jax.distill import kd_scores
+
+        write = kd_scores.write
+
+        def write_then_maybe_die(path, scored):
+            write(path, scored)
+            if os.sep + "teacher_scores" + os.sep in path:
+                count["n"] += 1
+                if count["n"] >= after:
+                    die()
+
+        kd_scores.write = write_then_maybe_die
     else:
         raise SystemExit(f"unknown phase {phase!r}")
 

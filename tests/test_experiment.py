@@ -15,7 +15,7 @@ from comd_jax.serve.prompts import Limits
 from comd_jax.sharding import MeshConfig
 from tests._paths import launch_env
 
-PRESETS = ["default", "smoke", "paper", "ablation", "teacher"]
+PRESETS = ["default", "smoke", "paper", "ablation", "kd_ablation", "teacher"]
 
 
 @pytest.mark.parametrize("preset", PRESETS)

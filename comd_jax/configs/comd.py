@@ -147,7 +147,8 @@ def _offline(text_width, layers, vision_width, vision_layers, patch_size=8):
 
 
 def get_config(arg: str = "default") -> ml_collections.ConfigDict:
-    presets = {"default": _default, "smoke": _smoke, "paper": _paper, "ablation": _ablation, "teacher": _teacher}
+    presets = {"default": _default, "smoke": _smoke, "paper": _paper, "ablation": _ablation, "kd_ablation": _kd_ablation,
+               "teacher": _teacher}
     if arg not in presets:
         raise ValueError(f"unknown preset {arg!r}; choose one of {sorted(presets)}")
     config = presets[arg]()
@@ -277,6 +278,18 @@ def _ablation():
         seeds=(0, 1, 2, 3, 4),
         # variant name -> config overrides; plain: no assessment-driven augmentation, no competitive targets
         variants=dict(comd=dict(), plain=dict(distill=dict(seed_policy="random", competitive=False)))))
+    return c
+
+
+def _kd_ablation():
+    """CoMD with the teacher's white-box signals (distill.kd topk, on_policy) against CoMD and plain
+    distillation: the ablation's seeds, teacher, augmentation calls and steps (the scoring calls are
+    the KD variants' own): `python -m comd_jax.distill.ablation --config=configs/comd.py:kd_ablation
+    --workdir=DIR`. The paired rows compare each variant with CoMD, seed by seed."""
+    c = _ablation()
+    c.ablation.variants = ml_collections.ConfigDict(dict(
+        comd=dict(), topk=dict(distill=dict(kd="topk")), on_policy=dict(distill=dict(kd="on_policy")),
+        plain=dict(distill=dict(seed_policy="random", competitive=False))))
     return c
 
 

@@ -183,7 +183,7 @@ class Loop:
 
         topk: the teacher scores its own answers in the pool. on_policy: it scores the student's
         answers from round r - 1's assessment, which join the samples as KD-only rows (none in
-        round 0, before any assessment)."""
+        round 0, before any assessment; an empty answer has no token to score and is left out)."""
         scorer = self.parts.scorer
         if scorer is None:
             raise ValueError(f"distill.kd={self.cfg.kd!r} needs a scorer (the teacher endpoint's top-k)")

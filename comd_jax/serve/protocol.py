@@ -105,8 +105,10 @@ def _logprobs(result, tokenizer, token_ids: bool = False):
         return {"token": token, "logprob": logp, "bytes": list(token.encode("utf-8"))}
 
     tops = result.top_logprobs or [[] for _ in result.token_ids]
-    return {"content": [{**entry(t, logp), "top_logprobs": [entry(i, v) for i, v in top]}
-                        for t, logp, top in zip(result.token_ids, result.logprobs, tops)]}
+    rows = list(zip(result.token_ids, result.logprobs, tops))
+    if result.end_logprob is not None:
+        rows.append(result.end_logprob)
+    return {"content": [{**entry(t, logp), "top_logprobs": [entry(i, v) for i, v in top]} for t, logp, top in rows]}
 
 
 def prompt_logprobs(result, prompt_ids, tokenizer, token_ids: bool = False):

@@ -29,6 +29,9 @@ class Result:
     # with prompt_logprobs: per prompt token, None for the first, then (its logprob, its rank,
     # [(token id, logprob)] * k most likely first) at its position (vLLM's prompt_logprobs)
     prompt_logprobs: Optional[list] = None
+    # with logprobs, when EOS ended the sequence: (its id, logprob, [(token id, logprob)] * k); it is
+    # not among token_ids (nor in the text), but closes the logprobs, as vLLM reports it
+    end_logprob: Optional[tuple] = None
 
 
 class Sequence:
@@ -45,6 +48,7 @@ class Sequence:
         self.finish_reason: Optional[str] = None
         self.stop_text: Optional[str] = None
         self.prompt_scores: Optional[list] = None
+        self.end: Optional[tuple] = None  # (EOS id, its logprob, its top) when EOS ended it and logprobs were asked
 
     def score_prompt(self, scores: dict) -> None:
         """Keeps the prefill's scores of this prompt (`sampling.score_prompt`'s arrays, one row)."""
@@ -71,7 +75,10 @@ class Sequence:
         for i, (token, logp) in enumerate(zip(tokens, logprobs)):
             if int(token) in self.eos_ids:
                 self.finish_reason = "stop"
-                return True
+                if self.params.logprobs:  # reported as vLLM does: the end token closes the logprobs
+                    top = [(int(t), float(v)) for t, v in zip(tops[1][i][:k], tops[0][i][:k])] if k else []
+                    self.end = (int(token), float(logp), top)
+                break
             self.tokens.append(int(token))
             self.logprobs.append(float(logp))
             if k:
@@ -80,8 +87,8 @@ class Sequence:
             if len(self.tokens) >= self.params.max_tokens:
                 self.finish_reason = "length"
                 break
-        if self.params.stop and self._cut_at_stop():
-            self.finish_reason = "stop"
+        if self.params.stop and self._cut_at_stop():  # a stop string before the EOS ends it there
+            self.finish_reason, self.end = "stop", None
         return self.finish_reason is not None
 
     def _cut_at_stop(self) -> bool:
@@ -106,4 +113,4 @@ class Sequence:
                       prompt_tokens=int(len(self.request.prompt_ids)),
                       logprobs=list(self.logprobs) if self.params.logprobs else None,
                       top_logprobs=list(self.top_logprobs) if self.params.top_logprobs else None,
-                      prompt_logprobs=self.prompt_scores)
+                      prompt_logprobs=self.prompt_scores, end_logprob=self.end)

@@ -137,7 +137,8 @@ def train_stage(stage: StageConfig, model_cfg: VLMConfig, mesh, recipe: str, see
             last = {k: float(v) for k, v in host[-1].items()}
             last.update(throughput.summary())
             logger.scalars(done, last)
-            logger.progress(len(host), {"loss": last["loss"], "lr": last["learning_rate"]})
+            logger.progress(len(host), {"loss": last["loss"], "lr": last["learning_rate"],
+                                        **({"kd": last["kd_loss"]} if "kd_loss" in last else {})})
             summary["last_train"] = last
             pending = []
             throughput.reset()

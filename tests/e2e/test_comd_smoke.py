@@ -183,3 +183,30 @@ def test_killed_in_assessment_and_augmentation_resumes_to_the_same_end(smoke, tm
     assert len(ours) == 2
     assert [r["student_params_sha256"] for r in ours] == [r["student_params_sha256"] for r in reference]
     assert ours == reference  # scores, pool sizes, hard counts: the whole per-round report
+
+
+def test_kd_rounds_score_train_and_resume_without_asking_again(smoke, tmp_path):
+    """distill.kd=topk through the real run: our teacher server scores the pool's answers, the rounds
+    train on them, and a run SIGKILLed right after its first stored scores asks for none of them
+    again. (on_policy needs non-empty student answers, which the smoke student does not give: its
+    loop, pipeline and loss are tested in tests/distill/test_kd_scores.py and tests/train/test_kd.py.)"""
+    from comd_jax.distill import kd_scores
+
+    shutil.copytree(smoke / "world", tmp_path / "world")
+    for stage in ("teacher_pretrain", "teacher_tune", "stage0", "stage1", "tune"):
+        shutil.copytree(smoke / "checkpoints" / stage, tmp_path / "checkpoints" / stage)
+    flags = (TWO_ROUNDS, "--config.distill.kd=topk", "--config.distill.kd_top_k=8")
+    scores_dir = tmp_path / "distill" / "teacher_scores"
+    proc = launch(tmp_path, [os.path.join(REPO, "tests", "_killed_run.py"), "score", "1", "--"], *flags)
+    assert proc.returncode == -9, (proc.returncode, proc.stderr[-6000:])
+    assert len(os.listdir(scores_dir)) == 1 and not (tmp_path / "distill" / "round0_train.json").exists()
+    train(tmp_path, *flags)
+    tunes = [h for h in json.load(open(tmp_path / "distill" / "state.json"))["history"] if h["phase"] == "tune"]
+    assert len(tunes) == 2 and all(h["kd_scored"] > 0 and h["kd_only"] == 0 for h in tunes)
+    stored = [key for name in sorted(os.listdir(scores_dir)) for key in kd_scores.read(str(scores_dir / name))]
+    assert len(stored) == len(set(stored))  # no answer was scored twice
+    for r, tune in enumerate(tunes):
+        scored = kd_scores.read(str(tmp_path / "distill" / f"round{r}_train_kd.npz"))
+        assert len(scored) == tune["kd_scored"]
+        assert all(s.ids.shape[1] == 8 and s.logp.dtype.name == "float16" and s.mask.any() for s in scored.values())
+    assert len(json.load(open(tmp_path / "report" / "results.json"))["rounds"]) == 2

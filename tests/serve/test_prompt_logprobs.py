@@ -63,6 +63,50 @@ def test_prompt_scores_equal_the_models_log_softmax_at_every_position_with_an_im
     assert [len(p[2]) for p in other.prompt_logprobs[1:]] == [0, 0]
 
 
+class CharsEndingAt(Chars):
+    def __init__(self, eos):
+        self.eos_token_id = eos
+
+
+def test_an_answer_the_teacher_would_end_at_once_still_rates_its_end_token():
+    """A trained teacher's next token after a complete answer is EOS: the one generated token
+    is not in the text, but its logprob and top-k close the logprobs, as vLLM reports them."""
+    model = tiny_vlm(seed=3)
+    ids = np.array([1, 7, 9, 10, 11, 30], np.int32)
+    logp = log_softmax(np.asarray(model.logits(ids[None], None))[0])[-1]
+    want = np.argsort(-logp)[:4]
+    engine = Engine(model, CharsEndingAt(int(want[0])), EngineConfig(max_batch=2, max_seq_len=64, chunk=4))
+    try:
+        (got,) = engine.generate_batch([Request(ids, None, SamplingParams(
+            max_tokens=1, temperature=0, logprobs=True, top_logprobs=4, prompt_logprobs=4))])
+    finally:
+        engine.shutdown()
+    assert got.token_ids == [] and got.finish_reason == "stop" and got.logprobs == []
+    end_id, end_logp, top = got.end_logprob
+    assert end_id == want[0] and abs(end_logp - logp[want[0]]) < 1e-5
+    assert [i for i, _ in top] == want.tolist()
+    np.testing.assert_allclose([v for _, v in top], logp[want], atol=1e-5)
+    options = protocol.PromptOptions(True, False, True)
+    body = protocol.completion([got], "m", Chars(), ids, options)
+    assert body["choices"][0]["message"]["content"] == ""
+    assert body["choices"][0]["logprobs"]["content"][0]["token"] == f"token_id:{end_id}"
+    scores = scores_of(body, "r0")
+    assert list(scores.final) == want.tolist()
+
+
+def test_a_stop_string_before_the_end_token_cuts_there_in_the_same_chunk():
+    from comd_jax.serve.requests import Sequence
+
+    class Letters(Chars):
+        eos_token_id = 25
+
+    seq = Sequence(Request(np.array([1], np.int32), None, SamplingParams(max_tokens=8, stop=("c",), logprobs=True)),
+                   0, frozenset([25]), Letters())
+    assert seq.extend([0, 1, 2, 3, 25], [-0.1] * 5)  # "abcd" then EOS, in one decode chunk
+    result = seq.result()
+    assert result.text == "ab" and result.token_ids == [0, 1, 2] and result.end_logprob is None
+
+
 def test_the_wire_format_is_vllms_and_the_client_reads_it_back():
     # prompt [5, 6, 7]: position 0 rates 6 (in the top-2), position 1 rates 7 (outside it: added).
     result = Result("x", [2], "length", 3, logprobs=[-0.3], top_logprobs=[[(2, -0.3), (9, -1.9)]],
