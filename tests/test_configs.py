@@ -110,6 +110,30 @@ def test_ablation_with_one_seed_reports_no_standard_error(tmp_path, monkeypatch)
     assert "| -1.0 ± 0.0 (se –; 0/1) |" in (tmp_path / "ablation.md").read_text()
 
 
+def test_the_kd_ablation_reports_each_skill_paired_with_comd(tmp_path, monkeypatch):
+    from comd_jax.distill import ablation, driver
+
+    config = config_lib.preset("kd_ablation")
+    with config.unlocked():
+        config.ablation.seeds = (0, 1)
+    # ConfigDict keeps its keys sorted: comd comes first, and every other variant is paired with it
+    assert list(config.ablation.variants) == ["comd", "on_policy", "plain", "topk"]
+
+    def fake_run(cfg, run_dir):  # topk ahead on colour by 2 + seed, behind on shape by 1
+        topk = cfg.distill.kd == "topk"
+        world = {"colour": 50.0 + topk * (2 + cfg.seed), "shape": 40.0 - topk, "mean": 45.0}
+        return {"rounds": [{"student": {"world": world}, "added": 96} for _ in range(4)]}
+
+    monkeypatch.setattr(driver, "run_comd", fake_run)
+    summary = ablation.run_ablation(config, str(tmp_path))
+    report = (tmp_path / "ablation.md").read_text()
+    assert "| skill | comd | on_policy − comd | plain − comd | topk − comd |" in report
+    assert "| colour | 50.0 | +0.0 (0.0) | +0.0 (0.0) | +2.5 (0.5) |" in report
+    assert "| shape | 40.0 | +0.0 (0.0) | +0.0 (0.0) | -1.0 (0.0) |" in report
+    assert summary["topk"]["last_round_by_skill"] == [{"colour": 52.0, "shape": 39.0},
+                                                      {"colour": 53.0, "shape": 39.0}]
+
+
 def test_world_spec_is_read_from_the_data_section_in_one_place():
     from comd_jax import stages
     from comd_jax.eval.loading import world_spec

@@ -65,6 +65,7 @@ def run_ablation(config, workdir: str) -> dict:
     results: dict = {}
     added: dict = {}  # variant -> per run, new teacher-answered instructions per round
     teacher_means: dict = {}  # variant -> per run, the teacher's held-out mean
+    skills: dict = {}  # variant -> per run, the last round's score by skill
     variants = config.ablation.variants.to_dict()
     # Every run: the world, the teacher (trained by the first run unless it is a given checkpoint)
     # and its held-out scores. Both variants of a seed: the warm-up student and its scores.
@@ -92,6 +93,9 @@ def run_ablation(config, workdir: str) -> dict:
             # The comparison is fair only if the variants ask the teacher as often: keep the counts.
             added.setdefault(name, []).append([r.get("added") for r in out["rounds"]])
             teacher_means.setdefault(name, []).append(out.get("teacher", {}).get("world", {}).get("mean"))
+            final = out["rounds"][-1]["student"]["world"] if out["rounds"] else {}
+            skills.setdefault(name, []).append({k: v for k, v in final.items() if k != "mean"
+                                                and isinstance(v, (int, float))})
     summary = {name: {"mean_by_round": np.mean(runs, axis=0).tolist(), "spread_by_round": np.std(runs, axis=0).tolist(),
                       "runs": runs, "added_by_round": added[name], "teacher_mean": teacher_means[name]}
                for name, runs in results.items()}
@@ -121,6 +125,7 @@ def run_ablation(config, workdir: str) -> dict:
     scores = [t for s in summary.values() for t in s["teacher_mean"] if t is not None]
     if scores:
         lines.append("| teacher | " + " | ".join(f"{np.mean(scores):.1f}" for _ in lines[0].split("|")[2:-1]) + " |")
+    lines += _skill_lines(summary, skills, first)
     lines.append("")
     for name, s in summary.items():
         calls = sorted({sum(a or 0 for a in run) for run in s["added_by_round"]})
@@ -134,6 +139,30 @@ def run_ablation(config, workdir: str) -> dict:
                     + "\n")
         print("\n".join(lines))
     return summary
+
+
+def _skill_lines(summary: dict, skills: dict, first: str) -> list:
+    """Per skill, after the last round: each variant's mean, and its paired difference with the
+    first variant (mean and standard error over seeds): where a variant helps and where not."""
+    names = sorted({k for runs in skills.values() for run in runs for k in run})
+    if not names or len(summary) < 2:
+        return []
+    others = [n for n in summary if n != first]
+    lines = ["", "After the last round, by skill: mean over seeds; each variant minus " + first +
+             ", paired by seed (standard error)", "",
+             "| skill | " + first + " | " + " | ".join(f"{n} − {first}" for n in others) + " |",
+             "| --- |" + " --- |" * (1 + len(others))]
+    for skill in names:
+        base = np.array([run.get(skill, np.nan) for run in skills[first]], float)
+        cells = [f"{np.nanmean(base):.1f}"]
+        for n in others:
+            diff = np.array([run.get(skill, np.nan) for run in skills[n]], float) - base
+            se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else np.nan
+            cells.append(f"{np.nanmean(diff):+.1f}" + ("" if np.isnan(se) else f" ({se:.1f})"))
+        lines.append(f"| {skill} | " + " | ".join(cells) + " |")
+    for n in summary:
+        summary[n]["last_round_by_skill"] = skills[n]
+    return lines
 
 
 if __name__ == "__main__":
