@@ -131,6 +131,31 @@ def check_scoring(config, workdir: str = "") -> None:
             "distill.kd='none', or serve the teacher with vLLM or python -m comd_jax.serve (docs/byo.md)") from None
 
 
+def check_alignment(config, student, pool) -> None:
+    """With `distill.kd` and an external teacher: one pool entry scored by the teacher and checked
+    token by token against the student's own tokenization (`kd_scores.align`), before the student
+    trains, so a teacher with another tokenizer or prompt layout is refused up front."""
+    d = config.distill
+    if d.kd == "none" or not d.teacher_url or d.rounds == 0 or not multihost.is_writer():
+        return
+    import asyncio
+
+    from comd_jax.distill import kd_scores
+    from comd_jax.distill.endpoint import api_key, openai_base
+    from comd_jax.serve.client import ChatClient, ClientConfig
+
+    entries = pool.entries()
+    if not entries:
+        return
+    entry = dataclasses.replace(entries[0], target=entries[0].target.strip() or "Yes.")
+    client = ChatClient(ClientConfig(base_url=openai_base(d.teacher_url), model=d.teacher_model,
+                                     api_key=api_key(config, "teacher_api_key_env") or None))
+    messages = pool_lib.chat_messages(entry, pool.images_of(entry)) + [{"role": "assistant", "content": entry.target}]
+    scores = asyncio.run(client.score(messages, d.kd_top_k))
+    ids, mask = student.sample_tokens(entry)
+    kd_scores.align(scores, ids, mask, d.kd_top_k, f"the start-up check on pool entry {entry.id}")
+
+
 def _scorer(config, workdir: str, client, student, images_of):
     if config.distill.kd == "none":
         return None
@@ -161,6 +186,7 @@ def run_comd(config, workdir: str) -> dict:
     job = Job.start(config, workdir)
     kind = kind_for(job)
     student = LocalStudent(job, kind.pool.image_root)
+    check_alignment(config, student, kind.pool)
     print("== student warm-up ==", flush=True)
     warm_up = student.warm_up()
 

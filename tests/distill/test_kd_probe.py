@@ -76,3 +76,39 @@ def test_an_endpoint_that_refuses_the_fields_is_refused_too_and_one_that_scores_
     scored = {**ANSWER, "prompt_logprobs": [None, {"9": {"logprob": -1.0, "rank": 1, "decoded_token": "x"}}]}
     with Stub(lambda body: (200, scored)) as stub:
         check_scoring(_config(f"http://127.0.0.1:{stub.port}/v1"))
+
+
+class FakePool:
+    def entries(self):
+        from comd_jax.distill.pool import PoolEntry
+
+        return [PoolEntry("first", "Is it red?", "")]
+
+    def images_of(self, entry):
+        return []
+
+
+class FakeStudent:
+    def sample_tokens(self, entry):
+        import numpy as np
+
+        assert entry.target == "Yes."  # data without answers: a stand-in answer to score
+        return np.array([1, 10, 11, 20, 2], np.int32), np.array([0, 0, 0, 1, 1], bool)
+
+
+def _scoring(ids):
+    def reply(body):
+        return 200, {**ANSWER, "prompt_logprobs": [None] + [{str(i): {"logprob": -0.5}} for i in ids]}
+    return reply
+
+
+def test_a_teacher_with_another_tokenizer_is_refused_before_the_student_trains():
+    from comd_jax.distill.driver import check_alignment
+    from comd_jax.distill.kd_scores import TokenizerMismatch
+
+    with Stub(_scoring([10, 11, 21])) as stub:  # the teacher's answer token is 21, the student's 20
+        with pytest.raises(TokenizerMismatch, match="start-up check on pool entry first: at token 3 the student "
+                                                    "has id 20"):
+            check_alignment(_config(f"http://127.0.0.1:{stub.port}/v1"), FakeStudent(), FakePool())
+    with Stub(_scoring([10, 11, 20])) as stub:
+        check_alignment(_config(f"http://127.0.0.1:{stub.port}/v1"), FakeStudent(), FakePool())
