@@ -44,8 +44,9 @@ def _traffic(engine, rng):
     for i in range(10):
         if i % 3 == 0:
             ids = np.concatenate([[1], [IMAGE] * PATCHES, rng.integers(5, 96, int(rng.integers(1, 20)))])
+            scored = 0 if i % 2 else None  # prompt_logprobs (scoring an answer): a runtime branch too
             req = Request(ids.astype(np.int32), pixels, SamplingParams(max_tokens=int(rng.integers(1, 20)),
-                                                                       temperature=0))
+                                                                       temperature=0, prompt_logprobs=scored))
         else:
             ids = rng.integers(5, 96, int(rng.integers(1, 40))).astype(np.int32)
             asks = i % 5 == 1  # top_logprobs is a runtime branch of the same kernels
@@ -64,6 +65,7 @@ def test_after_the_warm_up_no_request_compiles():
             results = _traffic(engine, np.random.default_rng(2))
         assert warm.count == 0
         assert all(r.token_ids for r in results) and any(r.top_logprobs for r in results)
+        assert any(r.prompt_logprobs for r in results)
     finally:
         engine.shutdown()
     engine = _engine(hidden=48)  # and the counter does see compiles: the same traffic, cold, makes some
