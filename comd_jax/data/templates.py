@@ -96,22 +96,16 @@ class ChatTemplate:
             generation_prefix = self.assistant_prefix.rstrip(" ")
         return text + _Filler(bos=bos, eos=eos, system="")(generation_prefix)
 
-    def render_continuation(
-        self,
-        messages: Sequence[Message],
-        *,
-        bos: str = "",
-        eos: str = "",
-        system: str | None = None,
-    ) -> str:
+    def render_continuation(self, messages: Sequence[Message], **special: str | None) -> str:
         """The conversation up to the last answer's final character, without its end token: the text
         whose tokens, then the end token, are what training on these messages predicts (scoring a
-        given answer; vLLM's `continue_final_message`)."""
+        given answer; vLLM's `continue_final_message`). `special`: render's bos, eos and system."""
         if not messages or messages[-1][0] != ASSISTANT:
             raise ValueError("a continuation ends with an assistant turn")
         *before, (_, answer) = messages
-        head = "".join(s.text for s in self.render(before, bos=bos, eos=eos, system=system))
-        return head + _Filler(bos=bos, eos=eos, system="")(self.assistant_prefix) + answer
+        head = "".join(s.text for s in self.render(before, **special))
+        fill = _Filler(bos=special.get("bos") or "", eos=special.get("eos") or "", system="")
+        return head + fill(self.assistant_prefix) + answer
 
     def _system_block(self, system: str | None, bos: str, eos: str) -> str:
         text = self.system if system is None else system
