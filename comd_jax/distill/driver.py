@@ -110,20 +110,30 @@ def _check(config, workdir: str) -> None:
                          f"world's answers); {config.distill.augmentor!r} writes instructions without one")
 
 
-def check_scoring(config, workdir: str = "") -> None:
-    """With `distill.kd`, an external teacher (`distill.teacher_url`) must score given answers
-    with top-k log-probabilities; refused by URL before any compute. (Our own server can.)"""
+def _external_scorer(config):
+    """The client of `distill.teacher_url` when the run distils its top-k (`distill.kd`) on process 0;
+    None where nothing is to be checked (no KD, no rounds, our own server, the other processes)."""
     d = config.distill
     if d.kd == "none" or not d.teacher_url or d.rounds == 0 or not multihost.is_writer():
-        return
+        return None
     from comd_jax.distill.endpoint import api_key, check_answers, openai_base
-    from comd_jax.serve.client import ChatClient, ClientConfig, ScoringUnsupported
+    from comd_jax.serve.client import ChatClient, ClientConfig
 
     url, key = openai_base(d.teacher_url), api_key(config, "teacher_api_key_env")
     check_answers(url, "teacher_url", key)
+    return ChatClient(ClientConfig(base_url=url, model=d.teacher_model, api_key=key or None, retries=2))
+
+
+def check_scoring(config) -> None:
+    """With `distill.kd`, an external teacher (`distill.teacher_url`) must score given answers
+    with top-k log-probabilities; refused by URL before any compute. (Our own server can.)"""
+    from comd_jax.serve.client import ScoringUnsupported
+
+    client, d = _external_scorer(config), config.distill
+    if client is None:
+        return
     try:
-        ChatClient(ClientConfig(base_url=url, model=d.teacher_model, api_key=key or None, retries=2)) \
-            .probe_scoring(d.kd_top_k)
+        client.probe_scoring(d.kd_top_k)
     except ScoringUnsupported as e:
         raise ScoringUnsupported(
             f"config.distill.kd={d.kd!r} needs a teacher that scores given answers (the top-{d.kd_top_k} "
@@ -135,21 +145,15 @@ def check_alignment(config, student, pool) -> None:
     """With `distill.kd` and an external teacher: one pool entry scored by the teacher and checked
     token by token against the student's own tokenization (`kd_scores.align`), before the student
     trains, so a teacher with another tokenizer or prompt layout is refused up front."""
-    d = config.distill
-    if d.kd == "none" or not d.teacher_url or d.rounds == 0 or not multihost.is_writer():
-        return
     import asyncio
 
     from comd_jax.distill import kd_scores
-    from comd_jax.distill.endpoint import api_key, openai_base
-    from comd_jax.serve.client import ChatClient, ClientConfig
 
-    entries = pool.entries()
+    client, d = _external_scorer(config), config.distill
+    entries = pool.entries() if client is not None else []
     if not entries:
         return
     entry = dataclasses.replace(entries[0], target=entries[0].target.strip() or "Yes.")
-    client = ChatClient(ClientConfig(base_url=openai_base(d.teacher_url), model=d.teacher_model,
-                                     api_key=api_key(config, "teacher_api_key_env") or None))
     messages = pool_lib.chat_messages(entry, pool.images_of(entry)) + [{"role": "assistant", "content": entry.target}]
     scores = asyncio.run(client.score(messages, d.kd_top_k))
     ids, mask = student.sample_tokens(entry)
@@ -180,7 +184,7 @@ def run_comd(config, workdir: str) -> dict:
     workdir = paths.absolute(workdir)
     _check(config, workdir)
     section = evaluation.eval_section(config)  # its files are checked before any compute
-    check_scoring(config, workdir)
+    check_scoring(config)
     os.makedirs(workdir, exist_ok=True)
     snapshot(config, workdir)  # what ran, whatever the teacher is (no key: keys live in the environment)
     job = Job.start(config, workdir)

@@ -322,39 +322,32 @@ class ChatClient:
                 last = f"{type(e).__name__}: {e}"
         raise TeacherUnavailable(f"{self.url}: no answer after {attempt + 1} attempts; last: {last}")
 
+    async def _post_many(self, bodies: Sequence[dict], parse, skipped_ok: bool) -> list:
+        """Every body posted at once (at most `max_concurrency` in flight), parsed, in order."""
+        session, semaphore = await self._shared()
+
+        async def one(body):
+            try:
+                return await self._post(session, semaphore, body, parse)
+            except ItemSkipped as e:
+                if skipped_ok:
+                    return e
+                raise
+
+        return list(await asyncio.gather(*(one(b) for b in bodies)))
+
     async def chat_many(self, requests: Sequence[tuple], *, skipped_ok: bool = False) -> list:
         """[(messages, params dict)] → [[Choice]], in order; all at once, at most
         `max_concurrency` in flight. With `skipped_ok`, an item whose answer is unusable
         gets its `ItemSkipped` in its place instead of failing the batch."""
-        session, semaphore = await self._shared()
-
-        async def one(m, p):
-            try:
-                return await self._post(session, semaphore, {"model": self.config.model, "messages": list(m), **p})
-            except ItemSkipped as e:
-                if skipped_ok:
-                    return e
-                raise
-
-        return list(await asyncio.gather(*(one(m, p) for m, p in requests)))
+        return await self._post_many([{"model": self.config.model, "messages": list(m), **p} for m, p in requests],
+                                     choices_of, skipped_ok)
 
     async def score_many(self, requests: Sequence[tuple], *, skipped_ok: bool = False) -> list:
         """[(messages ending with the assistant's answer, k)] → [PromptScores], in order (the
         teacher's top-k at every position of a given answer, images included)."""
-        session, semaphore = await self._shared()
-
-        def parse(body, rid):
-            return scores_of(body, rid, self.url)
-
-        async def one(m, k):
-            try:
-                return await self._post(session, semaphore, score_body(self.config.model, m, k), parse)
-            except ItemSkipped as e:
-                if skipped_ok:
-                    return e
-                raise
-
-        return list(await asyncio.gather(*(one(m, k) for m, k in requests)))
+        return await self._post_many([score_body(self.config.model, m, k) for m, k in requests],
+                                     lambda body, rid: scores_of(body, rid, self.url), skipped_ok)
 
     async def score(self, messages, k: int) -> PromptScores:
         return (await self.score_many([(messages, k)]))[0]

@@ -115,10 +115,6 @@ class Engine:
                              f"({request.params.max_tokens}) = {total} exceeds the limit {self.config.max_seq_len}")
         images = 0 if request.pixels is None else len(request.pixels)
         placeholders = int(np.sum(np.asarray(request.prompt_ids) == self.cfg.image_token_id))
-        from comd_jax.serve.sampling import TOP_LOGPROBS
-
-        if request.params.prompt_logprobs is not None and not 0 <= request.params.prompt_logprobs <= TOP_LOGPROBS:
-            raise ValueError(f"prompt_logprobs must be in [0, {TOP_LOGPROBS}]")
         if images * self.cfg.num_image_tokens != placeholders and self.cfg.vision is not None:
             raise ValueError(f"{images} image(s) but {placeholders} image tokens in the prompt")
 
