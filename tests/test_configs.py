@@ -1,6 +1,7 @@
 """Every preset of every experiment config builds and validates."""
 import os
 
+import ml_collections
 import pytest
 
 from comd_jax import config as config_lib
@@ -169,6 +170,28 @@ def test_a_snapshot_is_laid_over_the_preset_it_names(tmp_path):
     saved["distill"]["roundz"] = 4
     path.write_text(json.dumps(saved))
     with pytest.raises(ValueError, match=r"config.json: unknown key 'distill.roundz'.*'smoke' preset"):
+        snapshot.get_config(str(path))
+
+
+def test_a_snapshot_keeps_the_ablation_variants_a_config_file_added(tmp_path):
+    """A user's config file may add its own variants to a preset's ablation (the teacher
+    server's child reads the run's snapshot back): the table's names are the user's, its
+    entries kept as saved; a misspelt key elsewhere is still refused."""
+    import json
+
+    from comd_jax.configs import snapshot
+
+    config = config_lib.preset("kd_ablation")
+    config.ablation.variants.topk_a3 = ml_collections.ConfigDict(dict(distill=dict(kd="topk", kd_alpha=3.0)))
+    path = tmp_path / "config.json"
+    path.write_text(config.to_json())
+    loaded = snapshot.get_config(str(path))
+    assert loaded.ablation.variants.topk_a3.distill.kd_alpha == 3.0
+    assert loaded.to_dict() == config.to_dict()
+    saved = json.loads(config.to_json())
+    saved["ablation"]["seedz"] = (0,)
+    path.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=r"unknown key 'ablation.seedz'"):
         snapshot.get_config(str(path))
 
 

@@ -16,6 +16,9 @@ import ml_collections
 # Sections whose fields a run may add: the student's and teacher's architecture (taken from
 # their checkpoints' config.json).
 ARCHITECTURES = ("model", "teacher")
+# Tables whose entries are the user's own names: an ablation's variants (a config file may add
+# its own to a preset's), taken as saved.
+TABLES = ("ablation.variants",)
 
 
 def _as_config(value, default):
@@ -28,6 +31,9 @@ def _as_config(value, default):
 def _overlay(config: ml_collections.ConfigDict, saved: dict, where: str, preset: str, prefix: str = "") -> None:
     for key, value in saved.items():
         name = prefix + key
+        if key not in config and prefix.rstrip(".") in TABLES:
+            config[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+            continue
         if key not in config and name.split(".")[0] in ARCHITECTURES:
             # config.init_from's config.json adds the fields it sets; model_config() refuses any
             # the model dataclasses do not have, by name.
