@@ -14,7 +14,7 @@ from comd_jax.distill.teacher_manifest import SHIPPED
 from tests._paths import REPO
 
 PAGE = os.path.join(REPO, "docs", "config.md")
-PRESETS = ("default", "smoke", "paper", "ablation", "kd_ablation", "teacher")
+PRESETS = ("default", "smoke", "paper", "ablation", "kd_ablation", "kd_levers", "teacher")
 OPAQUE = ("ablation.variants",)  # a table of overrides, documented as one key
 
 

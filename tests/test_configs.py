@@ -8,7 +8,7 @@ from comd_jax import config as config_lib
 from tests._paths import REPO
 
 
-@pytest.mark.parametrize("preset", ["default", "smoke", "paper", "ablation", "kd_ablation", "teacher"])
+@pytest.mark.parametrize("preset", ["default", "smoke", "paper", "ablation", "kd_ablation", "kd_levers", "teacher"])
 def test_preset_validates(preset):
     config = config_lib.preset(preset)
     config_lib.model_config(config.model)

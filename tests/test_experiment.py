@@ -15,7 +15,7 @@ from comd_jax.serve.prompts import Limits
 from comd_jax.sharding import MeshConfig
 from tests._paths import launch_env
 
-PRESETS = ["default", "smoke", "paper", "ablation", "kd_ablation", "teacher"]
+PRESETS = ["default", "smoke", "paper", "ablation", "kd_ablation", "kd_levers", "teacher"]
 
 
 @pytest.mark.parametrize("preset", PRESETS)

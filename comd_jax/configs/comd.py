@@ -148,7 +148,7 @@ def _offline(text_width, layers, vision_width, vision_layers, patch_size=8):
 
 def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     presets = {"default": _default, "smoke": _smoke, "paper": _paper, "ablation": _ablation, "kd_ablation": _kd_ablation,
-               "teacher": _teacher}
+               "kd_levers": _kd_levers, "teacher": _teacher}
     if arg not in presets:
         raise ValueError(f"unknown preset {arg!r}; choose one of {sorted(presets)}")
     config = presets[arg]()
@@ -290,6 +290,20 @@ def _kd_ablation():
     c.ablation.variants = ml_collections.ConfigDict(dict(
         comd=dict(), topk=dict(distill=dict(kd="topk")), on_policy=dict(distill=dict(kd="on_policy")),
         plain=dict(distill=dict(seed_policy="random", competitive=False))))
+    return c
+
+
+def _kd_levers():
+    """The KD term's weight and temperature against CoMD and topk at alpha 1, T 1, on seeds 0-1
+    of the kd ablation (its runs resume where they finished: point --workdir at the same DIR):
+    `python -m comd_jax.distill.ablation --config=configs/comd.py:kd_levers --workdir=DIR`."""
+    c = _kd_ablation()
+    c.ablation.seeds = (0, 1)
+    c.ablation.variants = ml_collections.ConfigDict(dict(
+        comd=dict(), topk=dict(distill=dict(kd="topk")),
+        topk_a3=dict(distill=dict(kd="topk", kd_alpha=3.0)),
+        topk_t2=dict(distill=dict(kd="topk", kd_temperature=2.0)),
+        topk_a3t2=dict(distill=dict(kd="topk", kd_alpha=3.0, kd_temperature=2.0))))
     return c
 
 
