@@ -2,17 +2,49 @@
 or our server started as its own process on a teacher checkpoint."""
 from __future__ import annotations
 
+import json
+import logging
 import os
 
 from comd_jax import atomic, configs, multihost
 from comd_jax.serve.client import openai_base  # noqa: F401 (the driver's import)
 
 
+def _flat(d, prefix=""):
+    for key, value in d.items():
+        if isinstance(value, dict):
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield prefix + key, value
+
+
+def changed(saved: dict, current: dict) -> list:
+    """[(key, saved value, current value)] for every setting that differs, sorted by key."""
+    old, new = dict(_flat(saved)), dict(_flat(current))
+    return [(k, old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+
+
 def snapshot(config, workdir: str) -> str:
-    """The run's config as WORKDIR/config.json, and the --config argument that loads it back."""
+    """The run's config as WORKDIR/config.json, and the --config argument that loads it back.
+
+    A workdir resumes whatever its config: a rerun with other settings keeps every phase, round
+    and evaluation already finished there, as it was computed. So a changed setting is logged,
+    by key, with its old and new value: a user who changed `distill.kd` and kept the workdir
+    learns that the finished rounds are the old ones."""
     path = os.path.join(workdir, "config.json")
     if multihost.is_writer():
-        atomic.write_text(path, config.to_json(indent=2))  # the teacher server reads it back
+        text = config.to_json(indent=2)
+        if os.path.exists(path):
+            with open(path) as f:
+                diff = changed(json.load(f), json.loads(text))
+            if diff:
+                logging.warning(
+                    "%s: this run's config differs from the one this workdir ran with, in %s. What is already "
+                    "finished here (stages, rounds, evaluations) is kept as it was computed, under the old "
+                    "values; only what is not finished runs under the new ones. Use a new --workdir to "
+                    "recompute everything.", path,
+                    "; ".join(f"{k} ({old!r} -> {new!r})" for k, old, new in diff))
+        atomic.write_text(path, text)  # the teacher server reads it back
     return f"{configs.SNAPSHOT}:{path}"
 
 

@@ -69,6 +69,31 @@ def test_endpoint_keys_come_from_the_environment_variables_the_config_names(tmp_
     assert api_key(config, "teacher_api_key_env") == ""
 
 
+def test_a_rerun_with_other_settings_names_each_changed_key(tmp_path, caplog):
+    """A workdir resumes whatever its config, so a rerun that changed a setting says which,
+    with both values; the same config again says nothing."""
+    import logging
+
+    from comd_jax import config as config_lib
+    from comd_jax.distill.endpoint import changed, snapshot
+
+    config = config_lib.preset("smoke")
+    with caplog.at_level(logging.WARNING):
+        snapshot(config, str(tmp_path))
+        snapshot(config, str(tmp_path))
+    assert not caplog.records
+    config.distill.kd, config.tune.total_steps = "topk", 7
+    with caplog.at_level(logging.WARNING):
+        snapshot(config, str(tmp_path))
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert str(tmp_path / "config.json") in message
+    assert "distill.kd ('none' -> 'topk')" in message and "tune.total_steps" in message
+    assert "distill.kd_alpha" not in message
+    assert config_lib.preset("smoke").distill.kd == "none"
+    assert changed({"a": {"b": 1}, "c": 2}, {"a": {"b": 1, "d": 3}}) == [("a.d", None, 3), ("c", 2, None)]
+
+
 def test_judge_and_augmentor_tables_name_what_the_data_offers():
     from comd_jax.distill.driver import _pick
 
