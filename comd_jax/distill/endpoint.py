@@ -18,10 +18,16 @@ def _flat(d, prefix=""):
             yield prefix + key, value
 
 
+# Read by the ablation's driver, never by the run itself (its seed and overrides are already
+# laid into the run's own keys).
+NOT_THE_RUNS = ("ablation.",)
+
+
 def changed(saved: dict, current: dict) -> list:
-    """[(key, saved value, current value)] for every setting that differs, sorted by key."""
+    """[(key, saved value, current value)] for every setting of the run that differs, by key."""
     old, new = dict(_flat(saved)), dict(_flat(current))
-    return [(k, old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    return [(k, old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
+            if old.get(k) != new.get(k) and not k.startswith(NOT_THE_RUNS)]
 
 
 def snapshot(config, workdir: str) -> str:

@@ -92,6 +92,7 @@ def test_a_rerun_with_other_settings_names_each_changed_key(tmp_path, caplog):
     assert "distill.kd_alpha" not in message
     assert config_lib.preset("smoke").distill.kd == "none"
     assert changed({"a": {"b": 1}, "c": 2}, {"a": {"b": 1, "d": 3}}) == [("a.d", None, 3), ("c", 2, None)]
+    assert changed({"ablation": {"seeds": [0, 1]}}, {"ablation": {"seeds": [0]}}) == []  # the ablation's, not the run's
 
 
 def test_judge_and_augmentor_tables_name_what_the_data_offers():
