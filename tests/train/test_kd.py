@@ -2,6 +2,8 @@
 student is its teacher, the analytic KL's gradient on a tiny case, and in the jitted step the
 same KD value whether the head runs everywhere or only where it is needed, over microbatches
 too, and nothing at all where no position is scored."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -117,6 +119,22 @@ def setup():
     return create_setup(_tiny(), optim, shd.make_mesh((1, 1, 1), jax.devices()[:1]), "fsdp")
 
 
+@pytest.fixture(scope="module")
+def step_of(setup):
+    """Each (accumulation, KD) step built once for the module: a new closure is a new compile."""
+    built = {}
+
+    def get(accum=1, kd=None):
+        if (accum, kd) not in built:
+            built[accum, kd] = build_train_step(setup, accum, kd=kd)
+        return built[accum, kd]
+
+    return get
+
+
+KD = KDConfig(mode="topk", alpha=0.5, temperature=2.0, top_k=K)
+
+
 def _batch(cfg, scored_rows=(0, 1, 2, 3), b=4, t=40):
     rng = np.random.default_rng(3)
     ids = rng.integers(2, 90, (b, t)).astype(np.int32)
@@ -142,28 +160,26 @@ def _kd_by_hand(setup, params, batch, kd):
 
 
 @pytest.mark.parametrize("mode", ["topk", "on_policy"])
-def test_the_steps_kd_term_equals_the_loss_by_hand_at_any_head_width_and_accumulation(setup, mode):
-    kd = KDConfig(mode=mode, alpha=0.5, temperature=2.0, top_k=K)
+def test_the_steps_kd_term_equals_the_loss_by_hand_at_any_head_width_and_accumulation(setup, step_of, mode):
+    kd = dataclasses.replace(KD, mode=mode)
     raw = _batch(setup.model_cfg)
     params = init_state(setup, seed=1).params
     want = _kd_by_hand(setup, params, raw, kd)
     got = []
     for capacity, accum in ((0, 1), (8, 1), (8, 2)) if mode == "topk" else ((8, 2),):
-        step = build_train_step(setup, accum, kd=kd)
-        _, metrics = step(init_state(setup, seed=1), host_batch(raw, setup, capacity, kd=kd), jax.random.key(0))
+        _, metrics = step_of(accum, kd)(init_state(setup, seed=1), host_batch(raw, setup, capacity, kd=kd), jax.random.key(0))
         got.append((float(metrics["kd_loss"]), float(metrics["loss"])))
         assert float(metrics["kd_positions"]) == raw["kd_mask"][:, 1:].sum()
     for kd_loss, loss in got:
         assert abs(kd_loss - want) < 1e-4 * max(1.0, want)
         assert abs(loss - got[0][1]) < 1e-4  # the cross-entropy metric is the same number
-    plain = build_train_step(setup, 1)
-    _, base = plain(init_state(setup, seed=1), host_batch(raw, setup, 0), jax.random.key(0))
+    _, base = step_of()(init_state(setup, seed=1), host_batch(raw, setup, 0), jax.random.key(0))
     assert abs(float(base["loss"]) - got[0][1]) < 1e-5 and "kd_loss" not in base
 
 
-def test_kd_moves_the_update_and_an_unscored_batch_trains_as_without_kd(setup):
-    kd = KDConfig(alpha=1.0, top_k=K)
-    step, plain = build_train_step(setup, 1, kd=kd), build_train_step(setup, 1)
+def test_kd_moves_the_update_and_an_unscored_batch_trains_as_without_kd(setup, step_of):
+    kd = KD
+    step, plain = step_of(1, kd), step_of()
 
     def params_after(step_fn, batch, **kw):
         state, _ = step_fn(init_state(setup, seed=2), host_batch(batch, setup, 8, **kw), jax.random.key(0))
