@@ -31,12 +31,9 @@ def _as_config(value, default):
 def _overlay(config: ml_collections.ConfigDict, saved: dict, where: str, preset: str, prefix: str = "") -> None:
     for key, value in saved.items():
         name = prefix + key
-        if key not in config and prefix.rstrip(".") in TABLES:
-            config[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
-            continue
-        if key not in config and name.split(".")[0] in ARCHITECTURES:
-            # config.init_from's config.json adds the fields it sets; model_config() refuses any
-            # the model dataclasses do not have, by name.
+        if key not in config and (name.split(".")[0] in ARCHITECTURES or prefix.rstrip(".") in TABLES):
+            # config.init_from's config.json adds the fields it sets (model_config() refuses any
+            # the model dataclasses do not have, by name); a variant's name is the user's own.
             config[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else _as_config(value, None)
             continue
         if key not in config:

@@ -167,7 +167,8 @@ def test_the_steps_kd_term_equals_the_loss_by_hand_at_any_head_width_and_accumul
     want = _kd_by_hand(setup, params, raw, kd)
     got = []
     for capacity, accum in ((0, 1), (8, 1), (8, 2)) if mode == "topk" else ((8, 2),):
-        _, metrics = step_of(accum, kd)(init_state(setup, seed=1), host_batch(raw, setup, capacity, kd=kd), jax.random.key(0))
+        batch = host_batch(raw, setup, capacity, kd=kd)
+        _, metrics = step_of(accum, kd)(init_state(setup, seed=1), batch, jax.random.key(0))
         got.append((float(metrics["kd_loss"]), float(metrics["loss"])))
         assert float(metrics["kd_positions"]) == raw["kd_mask"][:, 1:].sum()
     for kd_loss, loss in got:
@@ -178,7 +179,7 @@ def test_the_steps_kd_term_equals_the_loss_by_hand_at_any_head_width_and_accumul
 
 
 def test_kd_moves_the_update_and_an_unscored_batch_trains_as_without_kd(setup, step_of):
-    kd = KD
+    kd = KD  # the topk case above compiled this step already
     step, plain = step_of(1, kd), step_of()
 
     def params_after(step_fn, batch, **kw):
