@@ -156,6 +156,7 @@ class DistillSection:
     kd_alpha: float
     kd_temperature: float
     kd_top_k: int
+    kd_ce_weight: float = 1.0  # a snapshot from before the key resumes as it ran
 
     def check(self, where: str) -> None:
         from comd_jax.train.kd import MAX_TOP_K, MODES
@@ -164,9 +165,15 @@ class DistillSection:
         if not 1 <= self.kd_top_k <= MAX_TOP_K:
             raise ConfigError(f"{where}.kd_top_k={self.kd_top_k!r}: within [1, {MAX_TOP_K}] (what OpenAI-compatible "
                               "endpoints send at most)")
-        if self.kd_temperature <= 0 or self.kd_alpha < 0:
-            raise ConfigError(f"{where}.kd_temperature must be > 0 and {where}.kd_alpha >= 0, got "
-                              f"{self.kd_temperature!r} and {self.kd_alpha!r}")
+        if self.kd_temperature <= 0 or self.kd_alpha < 0 or self.kd_ce_weight < 0:
+            raise ConfigError(f"{where}.kd_temperature must be > 0, {where}.kd_alpha and {where}.kd_ce_weight "
+                              f">= 0, got {self.kd_temperature!r}, {self.kd_alpha!r} and {self.kd_ce_weight!r}")
+        if self.kd != "none" and self.kd_alpha == 0 and self.kd_ce_weight == 0:
+            raise ConfigError(f"{where}.kd_alpha and {where}.kd_ce_weight are both 0: the rounds would train on "
+                              "nothing")
+        if self.kd == "none" and self.kd_ce_weight != 1.0:
+            raise ConfigError(f"{where}.kd_ce_weight={self.kd_ce_weight!r} weighs the cross-entropy against the KD "
+                              f"term, and {where}.kd is 'none': set kd to topk or on_policy, or leave it at 1.0")
         _one_of(f"{where}.judge", self.judge, ("reference", "llm"))
         _one_of(f"{where}.augmentor", self.augmentor, ("procedural", "llm"))
         _one_of(f"{where}.seed_policy", self.seed_policy, ("hard", "random"))

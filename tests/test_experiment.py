@@ -111,6 +111,14 @@ def test_wrong_types_choices_and_ranges_are_refused_by_name():
         c.tune.global_batch = True
     _refused(boolean, r"config\.tune\.global_batch=True: expected int, got bool")
 
+    def nothing(c):  # no cross-entropy and no KD term: the rounds would train on nothing
+        c.distill.kd, c.distill.kd_alpha, c.distill.kd_ce_weight = "topk", 0.0, 0.0
+    _refused(nothing, r"config\.distill\.kd_alpha and config\.distill\.kd_ce_weight are both 0")
+
+    def ce_without_kd(c):
+        c.distill.kd_ce_weight = 0.0
+    _refused(ce_without_kd, r"config\.distill\.kd_ce_weight=0\.0 .* config\.distill\.kd is 'none'")
+
     def accum(c):
         c.round_tune.grad_accum_steps = 3
     _refused(accum, r"config\.round_tune\.global_batch=16 is not divisible by config\.round_tune\.grad_accum_steps=3")

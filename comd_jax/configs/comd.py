@@ -98,8 +98,9 @@ def _distill(**kw):
         teacher_model="comd-teacher", teacher_api_key_env="COMD_TEACHER_API_KEY",
         # white-box signals from the teacher endpoint (comd_jax/train/kd.py): none (answers only, CoMD) |
         # topk (alpha * KL(teacher top-k || student) on the teacher's answers) | on_policy (the student's
-        # own assessed answers, scored by the teacher, reverse KL); k <= 20, temperature T
-        kd="none", kd_alpha=1.0, kd_temperature=1.0, kd_top_k=20,
+        # own assessed answers, scored by the teacher, reverse KL); k <= 20, temperature T; the round's
+        # loss is kd_ce_weight * cross-entropy + kd_alpha * KL (ce weight 0: the teacher's distribution alone)
+        kd="none", kd_alpha=1.0, kd_temperature=1.0, kd_top_k=20, kd_ce_weight=1.0,
         eval_limit=270)  # held-out examples scored per round (30 per skill)
     base.update(kw)
     return ml_collections.ConfigDict(base)

@@ -20,7 +20,8 @@ def kd_config(config):
     d = config.distill
     if d.kd == "none":
         return None
-    return KDConfig(mode=d.kd, alpha=d.kd_alpha, temperature=d.kd_temperature, top_k=d.kd_top_k)
+    return KDConfig(mode=d.kd, alpha=d.kd_alpha, temperature=d.kd_temperature, top_k=d.kd_top_k,
+                    ce_weight=d.kd_ce_weight)
 
 
 class LocalStudent:

@@ -32,14 +32,19 @@ class KDConfig:
     alpha: float = 1.0  # the KD term's weight beside the cross-entropy
     temperature: float = 1.0
     top_k: int = 20
+    # The cross-entropy's weight: 0 trains on the teacher's distribution alone (word-level KD,
+    # Kim & Rush); tunix's LogitStrategy mixes the two as (1 - a) CE + a KL.
+    ce_weight: float = 1.0
 
     def __post_init__(self):
         if self.mode not in MODES[1:]:
             raise ValueError(f"kd mode must be one of {MODES[1:]}, got {self.mode!r}")
         if not 1 <= self.top_k <= MAX_TOP_K:
             raise ValueError(f"kd top_k must be in [1, {MAX_TOP_K}], got {self.top_k}")
-        if self.temperature <= 0 or self.alpha < 0:
-            raise ValueError(f"kd temperature must be > 0 and alpha >= 0: {self}")
+        if self.temperature <= 0 or self.alpha < 0 or self.ce_weight < 0:
+            raise ValueError(f"kd temperature must be > 0, alpha and ce_weight >= 0: {self}")
+        if self.alpha == 0 and self.ce_weight == 0:
+            raise ValueError(f"kd alpha and ce_weight are both 0: the loss would train on nothing ({self})")
 
     @property
     def direction(self) -> str:

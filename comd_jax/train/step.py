@@ -108,7 +108,8 @@ def _microbatches(batch: dict, accum: int, setup: Setup) -> dict:
 def build_train_step(setup: Setup, grad_accum_steps: int = 1, kd: KDConfig | None = None) -> Callable:
     """The jitted train step with in/out shardings and the state donated.
 
-    With `kd`, the loss adds `kd.alpha` times the top-k KL (kd.py) per scored position, in the
+    With `kd`, the loss is `kd.ce_weight` times the cross-entropy plus `kd.alpha` times the
+    top-k KL (kd.py) per scored position, in the
     same forward pass and at the same head positions as the cross-entropy; its batch arrays
     (`KD_NDIMS`) are sharded like the rest, so KD costs no extra compile."""
     lr_schedule = schedule(setup.optim_cfg)
@@ -122,7 +123,7 @@ def build_train_step(setup: Setup, grad_accum_steps: int = 1, kd: KDConfig | Non
                 return aux["nll"], aux
             kl, _ = kd_sums(logits, index, batch, kd)
             aux["kd"] = kl / totals[1]
-            return aux["nll"] + kd.alpha * aux["kd"], aux
+            return kd.ce_weight * aux["nll"] + kd.alpha * aux["kd"], aux
 
         return jax.value_and_grad(loss_fn, has_aux=True)(params)
 

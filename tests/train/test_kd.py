@@ -99,6 +99,10 @@ def test_config_limits():
     with pytest.raises(ValueError, match="mode must be one of"):
         KDConfig(mode="none")
     assert KDConfig(mode="on_policy").direction == "reverse" and KDConfig().direction == "forward"
+    with pytest.raises(ValueError, match="both 0: the loss would train on nothing"):
+        KDConfig(alpha=0.0, ce_weight=0.0)
+    with pytest.raises(ValueError, match="ce_weight >= 0"):
+        KDConfig(ce_weight=-1.0)
 
 
 # -- in the train step -------------------------------------------------------------------------
@@ -191,6 +195,21 @@ def test_kd_moves_the_update_and_an_unscored_batch_trains_as_without_kd(setup, s
     scored = params_after(step, _batch(setup.model_cfg), kd=kd)
     assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(base, unscored))
     assert max(float(np.abs(a - b).max()) for a, b in zip(base, scored)) > 1e-4
+
+
+def test_ce_weight_zero_trains_on_the_teachers_distribution_alone(setup, step_of):
+    """Without the cross-entropy, only scored positions move the weights (weight decay is 0 here)."""
+    kd = dataclasses.replace(KD, ce_weight=0.0)
+    step = step_of(1, kd)
+
+    def moved(batch):
+        start = jax.tree.leaves(init_state(setup, seed=2).params)
+        state, metrics = step(init_state(setup, seed=2), host_batch(batch, setup, 8, kd=kd), jax.random.key(0))
+        assert float(metrics["loss"]) > 0  # the cross-entropy is still reported, just not trained on
+        return max(float(np.abs(a - b).max()) for a, b in zip(start, jax.tree.leaves(state.params)))
+
+    assert moved(_batch(setup.model_cfg, scored_rows=())) == 0.0
+    assert moved(_batch(setup.model_cfg)) > 1e-4
 
 
 def test_a_kd_stage_refuses_a_batch_without_teacher_scores(setup):
