@@ -295,8 +295,9 @@ def _kd_ablation():
 
 
 def _kd_levers():
-    """The KD term's weight and temperature against CoMD and topk at alpha 1, T 1, on seeds 0-1
-    of the kd ablation (its runs resume where they finished: point --workdir at the same DIR):
+    """The KD term's weight and temperature, and topk without the cross-entropy (kd_ce_weight 0),
+    against CoMD and topk at alpha 1, T 1, on seeds 0-1 of the kd ablation (its runs resume where
+    they finished: point --workdir at the same DIR):
     `python -m comd_jax.distill.ablation --config=configs/comd.py:kd_levers --workdir=DIR`."""
     c = _kd_ablation()
     c.ablation.seeds = (0, 1)
@@ -304,7 +305,8 @@ def _kd_levers():
         comd=dict(), topk=dict(distill=dict(kd="topk")),
         topk_a3=dict(distill=dict(kd="topk", kd_alpha=3.0)),
         topk_t2=dict(distill=dict(kd="topk", kd_temperature=2.0)),
-        topk_a3t2=dict(distill=dict(kd="topk", kd_alpha=3.0, kd_temperature=2.0))))
+        topk_a3t2=dict(distill=dict(kd="topk", kd_alpha=3.0, kd_temperature=2.0)),
+        topk_ce0=dict(distill=dict(kd="topk", kd_ce_weight=0.0))))
     return c
 
 
