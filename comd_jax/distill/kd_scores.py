@@ -151,14 +151,17 @@ class Scorer:
         self.client, self.dir, self.k = client, directory, k
         self.tokenize, self.images_of = tokenize, images_of
         self.asked = 0  # scoring requests sent by this object (what a resumed run must not repeat)
+        # Chunks already read, by file name: chunks are written once and never rewritten, so each
+        # round reads only the ones that are new since the last (a long run's pool has thousands).
+        self._read, self._scores = set(), {}
 
     def _stored(self) -> dict:
-        out = {}
         if os.path.isdir(self.dir):
             for name in sorted(os.listdir(self.dir)):
-                if name.endswith(".npz"):
-                    out.update(read(os.path.join(self.dir, name)))
-        return out
+                if name.endswith(".npz") and name not in self._read:
+                    self._scores.update(read(os.path.join(self.dir, name)))
+                    self._read.add(name)
+        return self._scores
 
     def _next_chunk(self) -> str:
         taken = {n for n in os.listdir(self.dir) if n.endswith(".npz")}
@@ -202,8 +205,10 @@ class Scorer:
                     continue
                 ids, mask = tokens[e.id]
                 fresh[keys[e.id]] = align(reply, ids, mask, self.k, f"pool entry {e.id}")
-            write(self._next_chunk(), fresh)
+            path = self._next_chunk()
+            write(path, fresh)
             stored.update(fresh)
+            self._read.add(os.path.basename(path))
         return {e.id: dataclasses.replace(stored[keys[e.id]], ce=ce) for e in entries if keys[e.id] in stored}
 
 

@@ -253,3 +253,24 @@ def test_the_loop_writes_each_rounds_scores_beside_its_training_file(tmp_path, m
                     for line in open(tmp_path / "distill" / "round0_assess.jsonl")}
         for s in own:
             assert s["conversations"][-1]["value"] == assessed[s["id"].split("~")[0]].strip()
+
+
+def test_a_scorer_reads_each_chunk_once_across_rounds(tmp_path, monkeypatch):
+    """A round reads only the chunks new since the last; its answers are the same as a fresh read."""
+    entries = _entries(100)
+    tokens = {e.target: _fake_tokens(e)[0] for e in entries}
+    directory = str(tmp_path / "teacher_scores")
+    reads = []
+    real_read = kd_scores.read
+    monkeypatch.setattr(kd_scores, "read", lambda path: reads.append(os.path.basename(path)) or real_read(path))
+    scorer = Scorer(ScoringTeacher(tokens), directory, 3, _fake_tokens, lambda e: [])
+    scorer.scores_for(entries[:70])  # round 0: two chunks written, none read back
+    assert reads == []
+    Scorer(ScoringTeacher(tokens), directory, 3, _fake_tokens, lambda e: []).scores_for(entries[:1])
+    assert sorted(reads) == ["chunk000000.npz", "chunk000001.npz"]  # another process reads what is there
+    reads.clear()
+    later = scorer.scores_for(entries)  # round 1: 30 new answers, one new chunk
+    assert reads == [] and scorer.asked == 100 and len(later) == 100
+    fresh = Scorer(ScoringTeacher(tokens), directory, 3, _fake_tokens, lambda e: []).scores_for(entries)
+    assert all(np.array_equal(later[i].logp, fresh[i].logp) and np.array_equal(later[i].ids, fresh[i].ids)
+               for i in fresh)
