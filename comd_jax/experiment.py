@@ -171,6 +171,10 @@ class DistillSection:
         if self.kd != "none" and self.kd_alpha == 0 and self.kd_ce_weight == 0:
             raise ConfigError(f"{where}.kd_alpha and {where}.kd_ce_weight are both 0: the rounds would train on "
                               "nothing")
+        if self.kd == "on_policy" and self.kd_ce_weight == 0:
+            raise ConfigError(f"{where}.kd='on_policy' with {where}.kd_ce_weight=0 would train round 0 on nothing: "
+                              "on_policy's pool rows train by the cross-entropy alone, and its scored rows (the "
+                              "student's own answers) come from the assessments; keep kd_ce_weight > 0")
         if self.kd == "none" and self.kd_ce_weight != 1.0:
             raise ConfigError(f"{where}.kd_ce_weight={self.kd_ce_weight!r} weighs the cross-entropy against the KD "
                               f"term, and {where}.kd is 'none': set kd to topk or on_policy, or leave it at 1.0")

@@ -115,6 +115,10 @@ def test_wrong_types_choices_and_ranges_are_refused_by_name():
         c.distill.kd, c.distill.kd_alpha, c.distill.kd_ce_weight = "topk", 0.0, 0.0
     _refused(nothing, r"config\.distill\.kd_alpha and config\.distill\.kd_ce_weight are both 0")
 
+    def on_policy_alone(c):  # round 0 has no student answers to score: it would train on nothing
+        c.distill.kd, c.distill.kd_ce_weight = "on_policy", 0.0
+    _refused(on_policy_alone, r"kd='on_policy' with config\.distill\.kd_ce_weight=0 would train round 0 on nothing")
+
     def ce_without_kd(c):
         c.distill.kd_ce_weight = 0.0
     _refused(ce_without_kd, r"config\.distill\.kd_ce_weight=0\.0 .* config\.distill\.kd is 'none'")

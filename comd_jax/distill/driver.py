@@ -31,6 +31,7 @@ def distill_config(config) -> DistillConfig:
         max_new_per_round=d.max_new_per_round, answer_max_tokens=d.answer_max_tokens,
         concurrency=d.concurrency, assess_chunk=d.assess_chunk, seed=config.seed, seed_policy=d.seed_policy,
         seeds_per_round=d.seeds_per_round, oracle_answers=d.oracle_answers, kd=d.kd,
+        kd_ce_weight=d.kd_ce_weight,
         selection=SelectionConfig(threshold=d.threshold, easy_keep=d.easy_keep, student_margin=d.student_margin))
 
 

@@ -72,6 +72,7 @@ class DistillConfig:
     # White-box signals (train/kd.py): "topk" scores the pool's teacher-answered targets; "on_policy"
     # scores the student's answers from the previous round's assessment, which train by KD alone.
     kd: str = "none"
+    kd_ce_weight: float = 1.0  # 0: rows without the teacher's scores train on nothing (train/kd.py)
 
     def __post_init__(self):
         if self.kd not in ("none", "topk", "on_policy"):
@@ -169,6 +170,10 @@ class Loop:
             samples = entries
             if self.cfg.kd != "none":
                 samples, kd = self._scored_samples(r, entries)
+                if not kd and self.cfg.kd_ce_weight == 0:
+                    raise RuntimeError(f"{train_json}: distill.kd_ce_weight=0 trains only on the teacher's scores, "
+                                       f"and the teacher scored none of round {r}'s {len(entries)} entries (see the "
+                                       "warnings above); nothing to train on")
                 kd_scores.write(kd_scores.kd_path(train_json), kd)
             pool_lib.write_llava(train_json, samples)
         multihost.barrier(f"comd_jax.distill: round {r} train.json written")

@@ -255,6 +255,29 @@ def test_the_loop_writes_each_rounds_scores_beside_its_training_file(tmp_path, m
             assert s["conversations"][-1]["value"] == assessed[s["id"].split("~")[0]].strip()
 
 
+class Refusing:
+    """A teacher endpoint whose every scoring reply was unusable (each entry left out, logged)."""
+
+    def scores_for(self, entries, ce=True):
+        return {}
+
+
+def test_a_round_without_cross_entropy_and_without_scores_stops_instead_of_training_on_nothing(tmp_path):
+    from tests.distill.test_rounds import make_loop, student_answers, Teacher
+
+    tuned = []
+    loop = make_loop(tmp_path, Teacher(), student_answers(), tuned, kd="topk", kd_ce_weight=0.0)
+    loop.parts.scorer = Refusing()
+    with pytest.raises(RuntimeError, match=r"round0_train\.json: distill\.kd_ce_weight=0 .* scored none of round 0"):
+        loop.run()
+    assert tuned == []  # stopped before the tuning, nothing trained
+    tuned = []
+    loop = make_loop(tmp_path / "with_ce", Teacher(), student_answers(), tuned, kd="topk")
+    loop.parts.scorer = Refusing()
+    loop.run()  # with the cross-entropy the rows still train, without KD
+    assert len(tuned) == 2
+
+
 def test_a_scorer_reads_each_chunk_once_across_rounds(tmp_path, monkeypatch):
     """A round reads only the chunks new since the last; its answers are the same as a fresh read."""
     entries = _entries(100)
