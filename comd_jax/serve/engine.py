@@ -78,6 +78,7 @@ class Engine:
         own = nnx.merge(*nnx.split(model))
         own.text.unstack_layers()
         self.graphdef, self.state = nnx.split(own)
+        self.handle, self.leaves = kernels.ModelHandle(self.graphdef, self.state), jax.tree.leaves(self.state)
         self.mesh = mesh if mesh is not None else shd.make_mesh((1, 1, 1), jax.devices()[:1])
         self.rules = rules if rules is not None else shd.rules_for("fsdp")
         eos = tokenizer.eos_token_id
@@ -227,7 +228,7 @@ class Engine:
         want = np.bool_(any(s.params.top_logprobs for s, _ in seqs))  # a value, not a shape: one compile
         scored = np.bool_(any(s.params.prompt_logprobs is not None for s, _ in seqs))
         token, logp, top, top_ids, prompt_cache, scores = kernels.prefill(
-            self.graphdef, self.state, ids, pixels, offsets, lengths, r["keys"][rows], r["temp"][rows],
+            self.handle, self.leaves, ids, pixels, offsets, lengths, r["keys"][rows], r["temp"][rows],
             r["top_p"][rows], want, scored)
         self._cache = kernels.insert(self._cache, prompt_cache, rows)
         token, logp, top, top_ids = (np.asarray(a) for a in (token, logp, top, top_ids))
@@ -269,7 +270,7 @@ class Engine:
         wanted = any(s.params.top_logprobs for s, _ in self._active.values())
         try:
             toks, logps, top, top_ids, self._cache = kernels.decode(
-                self.graphdef, self.state, self._cache, r["tok"][:b], r["pos"][:b], r["count"][:b],
+                self.handle, self.leaves, self._cache, r["tok"][:b], r["pos"][:b], r["count"][:b],
                 r["keys"][:b], r["temp"][:b], r["top_p"][:b], self.config.chunk, np.bool_(wanted))
             toks, logps = np.asarray(toks), np.asarray(logps)
             top, top_ids = (np.asarray(top), np.asarray(top_ids)) if wanted else (None, None)

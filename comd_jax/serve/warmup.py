@@ -82,7 +82,7 @@ def warm_up(engine, *, max_prompt_tokens: int, max_images: int) -> Plan:
     p = plan(engine.config, max_prompt_tokens=max_prompt_tokens, max_images=max_images,
              vision=cfg.vision is not None)
     start = time.perf_counter()
-    g, state = engine.graphdef, engine.state
+    g, state = engine.handle, engine.leaves
 
     def rows_of(b):
         return (np.zeros(b, np.int32), np.zeros(b, np.int32), np.zeros(b, np.int32),
