@@ -19,14 +19,23 @@ from comd_jax.serve import sampling
 
 class ModelHandle:
     """The static half of the engine's model: its graphdef and its state's tree structure,
-    hashed and compared by identity. As a static argument an nnx GraphDef is hashed on every
-    call (~1.7 ms for the default teacher), and an nnx State is flattened with its keys
-    sorted; both run on the host before the device starts, once per kernel call."""
+    hashed once. As a static argument an nnx GraphDef is hashed on every call (~1.7 ms for the
+    default teacher), and an nnx State is flattened with its keys sorted; both run on the host
+    before the device starts, once per kernel call. Equal handles (another engine on the same
+    model) still share their compiled kernels; the engine's own handle compares by identity."""
 
-    __slots__ = ("graphdef", "treedef")
+    __slots__ = ("graphdef", "treedef", "_hash")
 
     def __init__(self, graphdef, state):
         self.graphdef, self.treedef = graphdef, jax.tree.structure(state)
+        self._hash = hash((graphdef, self.treedef))
+
+    def __hash__(self):
+        return self._hash
+
+    def __eq__(self, other):
+        return self is other or (isinstance(other, ModelHandle) and self._hash == other._hash
+                                 and self.graphdef == other.graphdef and self.treedef == other.treedef)
 
     def merge(self, leaves):
         return nnx.merge(self.graphdef, jax.tree.unflatten(self.treedef, leaves))

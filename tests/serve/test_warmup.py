@@ -76,3 +76,21 @@ def test_after_the_warm_up_no_request_compiles():
         assert cold.count > 0
     finally:
         engine.shutdown()
+
+
+def test_a_second_engine_on_the_same_model_reuses_the_compiled_kernels():
+    """The kernels key on the model's handle by value: a server that makes its engine again
+    (or a bench that makes one per batch size) compiles nothing the first one compiled."""
+    model = tiny_vlm(seed=0, hidden=40)  # a size no other test compiles for
+    request = Request(np.arange(5, 12, dtype=np.int32), None, SamplingParams(max_tokens=6, temperature=0))
+    first, second = Engine(model, NoEos(), CONFIG), Engine(model, NoEos(), CONFIG)
+    try:
+        with warmup.CompileCounter() as cold:
+            want = first.submit(request).result().token_ids
+        with warmup.CompileCounter() as warm:
+            got = second.submit(request).result().token_ids
+        assert cold.count > 0 and warm.count == 0 and got == want
+        assert first.handle is not second.handle and first.handle == second.handle
+    finally:
+        first.shutdown()
+        second.shutdown()
