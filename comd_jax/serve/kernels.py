@@ -20,9 +20,10 @@ from comd_jax.serve import sampling
 class ModelHandle:
     """The static half of the engine's model: its graphdef and its state's tree structure,
     hashed once. As a static argument an nnx GraphDef is hashed on every call (~1.7 ms under
-    cProfile for the default teacher), and an nnx State is flattened with its keys sorted; both run on the host
-    before the device starts, once per kernel call. Equal handles (another engine on the same
-    model) still share their compiled kernels; the engine's own handle compares by identity."""
+    cProfile for the default teacher), and an nnx State is flattened with its keys sorted;
+    both run on the host before the device starts, once per kernel call. Equal handles
+    (another engine on the same model) still share their compiled kernels; the engine's own
+    handle compares by identity."""
 
     __slots__ = ("graphdef", "treedef", "_hash")
 
