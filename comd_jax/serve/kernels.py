@@ -94,7 +94,8 @@ def insert(cache, prompt_cache, slots_k):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 9), donate_argnums=2)
-def decode(handle: ModelHandle, leaves, cache, tok_b, pos_b, count_b, keys_b2, temp_b, top_p_b, steps: int, want_top=False):
+def decode(handle: ModelHandle, leaves, cache, tok_b, pos_b, count_b, keys_b2, temp_b, top_p_b, steps: int,
+           want_top=False):
     """`steps` tokens for every row: tokens [B, steps], logprobs [B, steps], the top
     logprobs [B, steps, K] and their ids [B, steps, K], cache.
 
