@@ -36,7 +36,7 @@ def load_config_file(spec: str = DEFAULT_CONFIG_FILE) -> ml_collections.ConfigDi
 
 
 def preset(name: str) -> ml_collections.ConfigDict:
-    """One preset of comd_jax/configs/comd.py (default, smoke, paper, ablation, teacher)."""
+    """One preset of comd_jax/configs/comd.py (its PRESETS table: default, smoke, paper, teacher, the ablations)."""
     return load_config_file(f"{DEFAULT_CONFIG_FILE}:{name}")
 
 

@@ -10,11 +10,12 @@ import sys
 import pytest
 
 from comd_jax import config as config_lib
+from comd_jax.configs.comd import PRESETS as ALL_PRESETS
 from comd_jax.distill.teacher_manifest import SHIPPED
 from tests._paths import REPO
 
 PAGE = os.path.join(REPO, "docs", "config.md")
-PRESETS = ("default", "smoke", "paper", "ablation", "kd_ablation", "kd_levers", "teacher")
+PRESETS = tuple(sorted(ALL_PRESETS))
 OPAQUE = ("ablation.variants",)  # a table of overrides, documented as one key
 
 

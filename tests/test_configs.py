@@ -5,10 +5,11 @@ import ml_collections
 import pytest
 
 from comd_jax import config as config_lib
+from comd_jax.configs.comd import PRESETS
 from tests._paths import REPO
 
 
-@pytest.mark.parametrize("preset", ["default", "smoke", "paper", "ablation", "kd_ablation", "kd_levers", "teacher"])
+@pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_preset_validates(preset):
     config = config_lib.preset(preset)
     config_lib.model_config(config.model)

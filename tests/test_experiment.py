@@ -9,13 +9,14 @@ import ml_collections
 import pytest
 
 from comd_jax import config as config_lib
+from comd_jax.configs.comd import PRESETS as ALL_PRESETS
 from comd_jax import experiment
 from comd_jax.models.config import VLMConfig
 from comd_jax.serve.prompts import Limits
 from comd_jax.sharding import MeshConfig
 from tests._paths import launch_env
 
-PRESETS = ["default", "smoke", "paper", "ablation", "kd_ablation", "kd_levers", "teacher"]
+PRESETS = sorted(ALL_PRESETS)
 
 
 @pytest.mark.parametrize("preset", PRESETS)

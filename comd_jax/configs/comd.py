@@ -148,11 +148,9 @@ def _offline(text_width, layers, vision_width, vision_layers, patch_size=8):
 
 
 def get_config(arg: str = "default") -> ml_collections.ConfigDict:
-    presets = {"default": _default, "smoke": _smoke, "paper": _paper, "ablation": _ablation, "kd_ablation": _kd_ablation,
-               "kd_levers": _kd_levers, "teacher": _teacher}
-    if arg not in presets:
-        raise ValueError(f"unknown preset {arg!r}; choose one of {sorted(presets)}")
-    config = presets[arg]()
+    if arg not in PRESETS:
+        raise ValueError(f"unknown preset {arg!r}; choose one of {sorted(PRESETS)}")
+    config = PRESETS[arg]()
     config.preset = arg
     return config
 
@@ -310,6 +308,17 @@ def _kd_levers():
     return c
 
 
+def _kd_recipe():
+    """CoMD against CoMD + topk on the default preset's round recipe (120 tuning steps a round,
+    easy_keep 0.3) instead of the ablation's (60, 0.1): the kd ablation's seeds, teacher, held-out
+    examples and augmentation calls; `python -m comd_jax.distill.ablation
+    --config=configs/comd.py:kd_recipe --workdir=DIR`."""
+    c = _kd_ablation()
+    c.round_tune.total_steps, c.distill.easy_keep = 120, 0.3
+    c.ablation.variants = ml_collections.ConfigDict(dict(comd=dict(), topk=dict(distill=dict(kd="topk"))))
+    return c
+
+
 def _teacher():
     """The world teacher alone, from scratch (its world, 4 px patches, 300 + 1800 steps at 3e-4,
     seed 0): `python launch/train.py --config=configs/comd.py:teacher --workdir=DIR`. The run
@@ -330,3 +339,7 @@ def _teacher():
     # Where the run exports the trained teacher and its scores (the package's copy; "" = not at all).
     c.world_teacher_out = WORLD_TEACHER
     return c
+
+
+PRESETS = {"default": _default, "smoke": _smoke, "paper": _paper, "ablation": _ablation, "kd_ablation": _kd_ablation,
+           "kd_levers": _kd_levers, "kd_recipe": _kd_recipe, "teacher": _teacher}
