@@ -220,3 +220,11 @@ def test_server_limits_come_from_the_config_and_fit_a_llava_prompt():
         paper.serve.max_tokens = 9
     with pytest.raises(ValueError, match=r"config.serve.max_tokens: unknown key"):
         limits_of(paper)
+
+
+def test_kd_recipe_is_the_kd_ablation_on_the_default_round_recipe():
+    recipe, default, kd = (config_lib.preset(n) for n in ("kd_recipe", "default", "kd_ablation"))
+    assert recipe.round_tune.total_steps == default.round_tune.total_steps != kd.round_tune.total_steps
+    assert recipe.distill.easy_keep == default.distill.easy_keep != kd.distill.easy_keep
+    assert recipe.ablation.seeds == kd.ablation.seeds and recipe.distill.eval_limit == kd.distill.eval_limit
+    assert sorted(recipe.ablation.variants) == ["comd", "topk"]

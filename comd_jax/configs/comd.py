@@ -314,7 +314,8 @@ def _kd_recipe():
     examples and augmentation calls; `python -m comd_jax.distill.ablation
     --config=configs/comd.py:kd_recipe --workdir=DIR`."""
     c = _kd_ablation()
-    c.round_tune.total_steps, c.distill.easy_keep = 120, 0.3
+    default = _default()  # its recipe, whatever the default becomes
+    c.round_tune.total_steps, c.distill.easy_keep = default.round_tune.total_steps, default.distill.easy_keep
     c.ablation.variants = ml_collections.ConfigDict(dict(comd=dict(), topk=dict(distill=dict(kd="topk"))))
     return c
 
