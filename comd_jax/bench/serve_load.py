@@ -85,7 +85,7 @@ def _engine_throughput(config_arg: str, overrides: dict, workdir: str, clients: 
         wall = time.perf_counter() - start
     finally:
         engine.shutdown()
-    return sum(len(r.token_ids) for r in results) / wall
+    return sum(r.completion_tokens for r in results) / wall  # as the server's usage counts them
 
 
 def main(argv=None) -> None:

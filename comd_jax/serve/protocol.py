@@ -130,7 +130,7 @@ def prompt_logprobs(result, prompt_ids, tokenizer, token_ids: bool = False):
 def completion(results: list, model: str, tokenizer, prompt_ids=None, options: PromptOptions = PromptOptions()) \
         -> dict:
     prompt_tokens = results[0].prompt_tokens if results else 0
-    completion_tokens = sum(len(r.token_ids) for r in results)
+    completion_tokens = sum(r.completion_tokens for r in results)
     scored = prompt_logprobs(results[0], prompt_ids, tokenizer, options.token_ids) \
         if results and prompt_ids is not None else None
     return {

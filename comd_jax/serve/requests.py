@@ -32,6 +32,13 @@ class Result:
     # with logprobs, when EOS ended the sequence: (its id, logprob, [(token id, logprob)] * k); it is
     # not among token_ids (nor in the text), but closes the logprobs, as vLLM reports it
     end_logprob: Optional[tuple] = None
+    # EOS ended the sequence: vLLM keeps it in its output tokens, so it counts in completion_tokens
+    # (and toward max_tokens) though it is neither in token_ids nor in the text
+    eos_ended: bool = False
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids) + int(self.eos_ended)
 
 
 class Sequence:
@@ -49,6 +56,7 @@ class Sequence:
         self.stop_text: Optional[str] = None
         self.prompt_scores: Optional[list] = None
         self.end: Optional[tuple] = None  # (EOS id, its logprob, its top) when EOS ended it and logprobs were asked
+        self.eos_ended = False
 
     def score_prompt(self, scores: dict) -> None:
         """Keeps the prefill's scores of this prompt (`sampling.score_prompt`'s arrays, one row)."""
@@ -74,7 +82,7 @@ class Sequence:
         k = self.params.top_logprobs
         for i, (token, logp) in enumerate(zip(tokens, logprobs)):
             if int(token) in self.eos_ids:
-                self.finish_reason = "stop"
+                self.finish_reason, self.eos_ended = "stop", True
                 if self.params.logprobs:  # reported as vLLM does: the end token closes the logprobs
                     top = [(int(t), float(v)) for t, v in zip(tops[1][i][:k], tops[0][i][:k])] if k else []
                     self.end = (int(token), float(logp), top)
@@ -88,7 +96,7 @@ class Sequence:
                 self.finish_reason = "length"
                 break
         if self.params.stop and self._cut_at_stop():  # a stop string before the EOS ends it there
-            self.finish_reason, self.end = "stop", None
+            self.finish_reason, self.end, self.eos_ended = "stop", None, False
         return self.finish_reason is not None
 
     def _cut_at_stop(self) -> bool:
@@ -113,4 +121,5 @@ class Sequence:
                       prompt_tokens=int(len(self.request.prompt_ids)),
                       logprobs=list(self.logprobs) if self.params.logprobs else None,
                       top_logprobs=list(self.top_logprobs) if self.params.top_logprobs else None,
-                      prompt_logprobs=self.prompt_scores, end_logprob=self.end)
+                      prompt_logprobs=self.prompt_scores, end_logprob=self.end,
+                      eos_ended=self.eos_ended)

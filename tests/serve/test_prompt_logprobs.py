@@ -89,6 +89,8 @@ def test_an_answer_the_teacher_would_end_at_once_still_rates_its_end_token():
     options = protocol.PromptOptions(True, False, True)
     body = protocol.completion([got], "m", Chars(), ids, options)
     assert body["choices"][0]["message"]["content"] == ""
+    # vLLM counts the end token among the output tokens: one generated, none in the text
+    assert body["usage"]["completion_tokens"] == 1 == got.completion_tokens
     assert body["choices"][0]["logprobs"]["content"][0]["token"] == f"token_id:{end_id}"
     scores = scores_of(body, "r0")
     assert list(scores.final) == want.tolist()
@@ -105,6 +107,11 @@ def test_a_stop_string_before_the_end_token_cuts_there_in_the_same_chunk():
     assert seq.extend([0, 1, 2, 3, 25], [-0.1] * 5)  # "abcd" then EOS, in one decode chunk
     result = seq.result()
     assert result.text == "ab" and result.token_ids == [0, 1, 2] and result.end_logprob is None
+    assert result.completion_tokens == 3  # the EOS after the cut was never an output token
+    ended = Sequence(Request(np.array([1], np.int32), None, SamplingParams(max_tokens=8)), 0, frozenset([25]),
+                     Letters())
+    assert ended.extend([0, 1, 25, 3], [-0.1] * 4)  # EOS after "ab", logprobs not asked
+    assert ended.result().token_ids == [0, 1] and ended.result().completion_tokens == 3
 
 
 def test_the_wire_format_is_vllms_and_the_client_reads_it_back():
