@@ -17,8 +17,12 @@ from values every process shares (round, phase), never from process-local state.
 """
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import numpy as np
+
+_MESSAGE_BYTES = 2048  # of a failure's message, shared with the other processes
 
 
 def is_writer() -> bool:
@@ -32,6 +36,41 @@ def barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+@contextlib.contextmanager
+def writing(name: str):
+    """`barrier(name)` at the end of the block, which also shares a failure inside it.
+
+        with multihost.writing("round 3 train.json written"):
+            if multihost.is_writer():
+                write(...)                  # may raise: a teacher down, a bad file
+
+    An exception inside on any process is raised on every process as it leaves, naming the
+    process and the error, instead of leaving the others in the barrier until the
+    coordination service times out. With one process it is a plain `with` block."""
+    failure = None
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 -- re-raised below, on every process
+        failure = e
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+        text = "" if failure is None else f"{type(failure).__name__}: {failure}"
+        buffer = np.zeros(_MESSAGE_BYTES, np.uint8)
+        encoded = text.encode("utf-8")[:_MESSAGE_BYTES]
+        buffer[:len(encoded)] = np.frombuffer(encoded, np.uint8)
+        every = np.asarray(multihost_utils.process_allgather(buffer)).reshape(-1, _MESSAGE_BYTES)
+        failed = [(i, bytes(row).rstrip(b"\0").decode("utf-8", "replace")) for i, row in enumerate(every)
+                  if row.any()]
+        if failed and failure is None:
+            process, message = failed[0]
+            raise RuntimeError(f"process {process} failed before the barrier {name!r}: {message} "
+                               "(its log has the traceback)")
+    if failure is not None:
+        raise failure
 
 
 def host_array(x) -> np.ndarray:

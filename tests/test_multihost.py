@@ -146,6 +146,15 @@ def run_job(script: str, args_for, logdir: str, n: int = 2, timeout: float = 120
     jax.distributed job on CPU over 127.0.0.1 (one device per process), with tests/ and the
     repository on PYTHONPATH; fails with every process's log tail when one fails. The logs are
     written to `logdir` while the job runs and removed after."""
+    codes, texts = launch(script, args_for, logdir, n, timeout)
+    assert codes == [0] * n, "\n".join(
+        f"process {i} exited {code}:\n{text[-4000:]}" for i, (code, text) in enumerate(zip(codes, texts)))
+
+
+def launch(script: str, args_for, logdir: str, n: int = 2, timeout: float = 120,
+           stop_at_first_failure: bool = True) -> tuple:
+    """run_job's job: ([exit code per process], [log per process]); a process still running at
+    the timeout is killed (its code is then negative)."""
     port = free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join([REPO, HERE]),
            "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
@@ -154,7 +163,7 @@ def run_job(script: str, args_for, logdir: str, n: int = 2, timeout: float = 120
                               env=env, stdout=logs[i], stderr=subprocess.STDOUT) for i in range(n)]
     # A process that fails leaves the others waiting in a collective: stop all at the first failure.
     deadline = time.monotonic() + timeout
-    while any(p.poll() is None for p in procs) and not any(p.poll() for p in procs) \
+    while any(p.poll() is None for p in procs) and not (stop_at_first_failure and any(p.poll() for p in procs)) \
             and time.monotonic() < deadline:
         time.sleep(0.2)
     for p in procs:
@@ -167,8 +176,7 @@ def run_job(script: str, args_for, logdir: str, n: int = 2, timeout: float = 120
         texts.append(log.read())
         log.close()
         os.remove(log.name)
-    assert [p.returncode for p in procs] == [0] * n, "\n".join(
-        f"process {i} exited {p.returncode}:\n{text[-4000:]}" for i, (p, text) in enumerate(zip(procs, texts)))
+    return [p.returncode for p in procs], texts
 
 
 @pytest.fixture(scope="module")
@@ -222,6 +230,40 @@ def test_processes_agree_on_the_lm_heads_target_index_width(job):
     assert p0["target_index"] == p1["target_index"] == [2, 40]  # process 0 alone would pick 8
 
 
+@pytest.mark.parametrize("where", ["judge", "augmentor"])
+def test_a_failure_on_process_0_stops_both_processes_with_its_message(tmp_path, where):
+    """The judge (inside the assessment's chunk loop) or the augmentor (a phase only process 0
+    runs) raises on process 0: process 1 must not wait in a barrier until the coordination
+    service gives up, but exit at once with process 0's error; nothing is recorded as done."""
+    codes, texts = launch(__file__, lambda i: ["--fail", where, str(tmp_path), os.devnull], logdir=str(tmp_path),
+                          timeout=90, stop_at_first_failure=False)
+    assert all(code > 0 for code in codes), (codes, [t[-3000:] for t in texts])  # exited, none killed
+    assert f"{where} is down" in texts[0]
+    assert "process 0 failed before the barrier" in texts[1] and f"{where} is down" in texts[1]
+    with open(os.path.join(tmp_path, "distill", "state.json")) as f:
+        state = json.load(f)
+    assert (state["round"], state["phase"]) == (0, "assess" if where == "judge" else "augment")
+
+
+def failing_loop(workdir: str, where: str) -> None:
+    """run_loop's loop with process 0's judge or augmentor failing in round 0."""
+    from comd_jax.distill.augment import ProceduralAugmentor
+    from comd_jax.distill.judges import ReferenceJudge
+
+    def down(*args, **kwargs):
+        raise ConnectionError(f"{where} is down")
+
+    patch = {"judge": (ReferenceJudge, "judge"), "augmentor": (ProceduralAugmentor, "propose")}[where]
+    original = getattr(*patch)
+
+    async def failing(self, *args, **kwargs):
+        down()
+        return await original(self, *args, **kwargs)
+
+    setattr(*patch, failing)
+    run_loop(workdir, Counts())
+
+
 def test_rounds_refuse_an_object_store_workdir():
     from comd_jax.distill import rounds
 
@@ -243,4 +285,11 @@ def main(process_id: int, port: int, workdir: str, report: str):
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4])
+    if sys.argv[3] == "--fail":  # <id> <port> --fail <where> <workdir> <unused>
+        import jax
+
+        jax.distributed.initialize(coordinator_address=f"127.0.0.1:{sys.argv[2]}", num_processes=2,
+                                   process_id=int(sys.argv[1]))
+        failing_loop(sys.argv[5], sys.argv[4])
+    else:
+        main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4])

@@ -135,9 +135,9 @@ class Loop:
         `entries`: the entries, or a function making them (called only where the pool is
         written, so the teacher answers the initial pool once, on process 0, and only when
         there is no pool yet)."""
-        if multihost.is_writer() and not os.path.exists(self.path("train_pool.jsonl")):
-            pool_lib.append(self.path("train_pool.jsonl"), entries() if callable(entries) else entries)
-        multihost.barrier("comd_jax.distill: initial pool written")
+        with multihost.writing("comd_jax.distill: initial pool written"):
+            if multihost.is_writer() and not os.path.exists(self.path("train_pool.jsonl")):
+                pool_lib.append(self.path("train_pool.jsonl"), entries() if callable(entries) else entries)
 
     def run(self) -> dict:
         multihost.barrier("comd_jax.distill: loop start")  # the pool and state are on disk for everyone
@@ -145,14 +145,15 @@ class Loop:
         while state["round"] < self.cfg.rounds:
             r = state["round"]
             for phase in PHASES[PHASES.index(state["phase"]):]:
-                summary = getattr(self, f"_{phase}")(r)  # process 0's summary; None elsewhere
-                if multihost.is_writer():
-                    state["history"].append({"round": r, "phase": phase, **(summary or {})})
-                    next_index = PHASES.index(phase) + 1
-                    state.update(round=r if next_index < len(PHASES) else r + 1,
-                                 phase=PHASES[next_index % len(PHASES)])
-                    self.save_state(state)
-                multihost.barrier(f"comd_jax.distill: round {r} {phase} done")
+                # process 0's failure in a phase (the teacher, judge or augmentor) stops every process here
+                with multihost.writing(f"comd_jax.distill: round {r} {phase} done"):
+                    summary = getattr(self, f"_{phase}")(r)  # process 0's summary; None elsewhere
+                    if multihost.is_writer():
+                        state["history"].append({"round": r, "phase": phase, **(summary or {})})
+                        next_index = PHASES.index(phase) + 1
+                        state.update(round=r if next_index < len(PHASES) else r + 1,
+                                     phase=PHASES[next_index % len(PHASES)])
+                        self.save_state(state)
                 if not multihost.is_writer():
                     state = self.load_state()
                 if phase == "tune" and self.parts.after_tune is not None:
@@ -166,17 +167,17 @@ class Loop:
                                "(all excluded or empty answers); nothing to train on")
         train_json = self.path("train.json", r)
         kd = {}
-        if multihost.is_writer():
-            samples = entries
-            if self.cfg.kd != "none":
-                samples, kd = self._scored_samples(r, entries)
-                if not kd and self.cfg.kd_ce_weight == 0:
-                    raise RuntimeError(f"{train_json}: distill.kd_ce_weight=0 trains only on the teacher's scores, "
-                                       f"and the teacher scored none of round {r}'s {len(entries)} entries (see the "
-                                       "warnings above); nothing to train on")
-                kd_scores.write(kd_scores.kd_path(train_json), kd)
-            pool_lib.write_llava(train_json, samples)
-        multihost.barrier(f"comd_jax.distill: round {r} train.json written")
+        with multihost.writing(f"comd_jax.distill: round {r} train.json written"):
+            if multihost.is_writer():
+                samples = entries
+                if self.cfg.kd != "none":
+                    samples, kd = self._scored_samples(r, entries)
+                    if not kd and self.cfg.kd_ce_weight == 0:
+                        raise RuntimeError(f"{train_json}: distill.kd_ce_weight=0 trains only on the teacher's "
+                                           f"scores, and the teacher scored none of round {r}'s {len(entries)} "
+                                           "entries (see the warnings above); nothing to train on")
+                    kd_scores.write(kd_scores.kd_path(train_json), kd)
+                pool_lib.write_llava(train_json, samples)
         self.parts.tune(r, train_json)  # collective: every host reads its share of train_json
         summary = {"train_pool": len(entries), "empty_targets": sum(not e.target.strip() for e in self.train_pool())}
         if self.cfg.kd != "none" and multihost.is_writer():
@@ -219,17 +220,10 @@ class Loop:
         for start in range(0, len(todo), self.cfg.assess_chunk):
             chunk = todo[start:start + self.cfg.assess_chunk]
             answers = self.parts.answer_student(r, chunk)  # collective across hosts
-            if not multihost.is_writer():
-                continue
-            verdicts = asyncio.run(self._judge(chunk, answers))
-            with open(out, "a") as f:
-                for entry, answer, verdict in zip(chunk, answers, verdicts):
-                    record = {"id": entry.id, "student": answer, "teacher": entry.target,
-                              "scores": {"teacher": verdict.teacher, "student": verdict.student}, "raw": verdict.raw}
-                    if verdict.skipped:
-                        record["skipped"] = verdict.skipped
-                    f.write(json.dumps(record) + "\n")
-                    f.flush()
+            # a judge failing on process 0 stops the others here, not in the next chunk's collective
+            with multihost.writing(f"comd_jax.distill: round {r} assessed from {start}"):
+                if multihost.is_writer():
+                    self._write_verdicts(out, chunk, answers)
         if not multihost.is_writer():
             return None
         records = _records(out)
@@ -238,6 +232,17 @@ class Loop:
             logging.warning("round %d: %d judge request(s) skipped (%s); their items are excluded this round",
                             r, sum(skipped.values()), ", ".join(f"{k} {v}" for k, v in skipped.items()))
         return {"assessed": len(records), "skipped": skipped}
+
+    def _write_verdicts(self, out: str, chunk: list, answers: list) -> None:
+        verdicts = asyncio.run(self._judge(chunk, answers))
+        with open(out, "a") as f:
+            for entry, answer, verdict in zip(chunk, answers, verdicts):
+                record = {"id": entry.id, "student": answer, "teacher": entry.target,
+                          "scores": {"teacher": verdict.teacher, "student": verdict.student}, "raw": verdict.raw}
+                if verdict.skipped:
+                    record["skipped"] = verdict.skipped
+                f.write(json.dumps(record) + "\n")
+                f.flush()
 
     async def _judge(self, entries, answers) -> list:
         gate = asyncio.Semaphore(self.cfg.concurrency)
