@@ -137,12 +137,13 @@ class Evaluations:
                 kept = json.load(f)
             if kept.get("settings") == settings:
                 return kept["result"]
-        result = compute()
-        if multihost.is_writer():
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            atomic.write_text(path, json.dumps({"settings": settings, "result": result}, indent=1,
-                                               ensure_ascii=False, default=str))
-        multihost.barrier(f"comd_jax.distill.evaluation: {who} {name}")
+        # the teacher's answers come from process 0's endpoint calls: its failure is everyone's
+        with multihost.writing(f"comd_jax.distill.evaluation: {who} {name}"):
+            result = compute()
+            if multihost.is_writer():
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                atomic.write_text(path, json.dumps({"settings": settings, "result": result}, indent=1,
+                                                   ensure_ascii=False, default=str))
         return result
 
     @staticmethod
