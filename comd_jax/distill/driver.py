@@ -185,13 +185,15 @@ def run_comd(config, workdir: str) -> dict:
     workdir = paths.absolute(workdir)
     _check(config, workdir)
     section = evaluation.eval_section(config)  # its files are checked before any compute
-    check_scoring(config)
+    with multihost.writing("comd_jax.distill: the teacher endpoint can score"):  # process 0 asks it
+        check_scoring(config)
     os.makedirs(workdir, exist_ok=True)
     snapshot(config, workdir)  # what ran, whatever the teacher is (no key: keys live in the environment)
     job = Job.start(config, workdir)
     kind = kind_for(job)
     student = LocalStudent(job, kind.pool.image_root)
-    check_alignment(config, student, kind.pool)
+    with multihost.writing("comd_jax.distill: the teacher's tokens align with the student's"):
+        check_alignment(config, student, kind.pool)
     print("== student warm-up ==", flush=True)
     warm_up = student.warm_up()
 

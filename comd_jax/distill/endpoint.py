@@ -96,13 +96,14 @@ class TeacherEndpoint:
             model_name=config.distill.teacher_model, api_key=self.key or None)
 
     def __enter__(self) -> str:
-        if self.server is None:
-            if self.url and multihost.is_writer():
+        # an endpoint that does not answer, or a server that does not start, stops every process
+        with multihost.writing("comd_jax.distill: the teacher endpoint is up"):
+            if self.server is not None:
+                self.server.start()
+            elif self.url and multihost.is_writer():
                 self.url = openai_base(self.url)
                 check_answers(self.url, "teacher_url", self.key)
-            return self.url
-        self.server.start()
-        return self.server.base_url
+        return self.url if self.server is None else self.server.base_url
 
     def __exit__(self, *exc):
         if self.server is not None:
