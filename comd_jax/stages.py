@@ -86,7 +86,8 @@ def prepare_world_once(root: str, spec, eval_spec, *, vocab_size: int, in_workdi
     barrier (the workdir is a per-host local disk, which plain training stages allow) builds
     its own copy rather than failing: the world is a pure function of its spec, so every host
     still trains on the same examples, and no host reads a half-written world, since it either
-    waited for process 0's finished one or builds its own. Not `in_workdir` (a gs:// workdir:
+    waited for process 0's finished one or builds its own. If process 0's build fails, every
+    process raises its message at the barrier. Not `in_workdir` (a gs:// workdir:
     the world lives in each host's local cache): every process builds at once, nobody waits.
 
     Either way the build runs under a lock file in the host's temp dir, so processes that share
@@ -102,11 +103,14 @@ def prepare_world_once(root: str, spec, eval_spec, *, vocab_size: int, in_workdi
             builder.build(eval_spec, os.path.join(root, "tfds_heldout"))
         return files
 
-    files = build() if multihost.is_writer() or not in_workdir else None
-    if in_workdir:  # the same on every process: all workdirs are paths, or all are URLs
-        multihost.barrier("comd_jax.stages: offline world built")
-        if files is None:
+    if not in_workdir:
+        return build()
+    files = None
+    with multihost.writing("comd_jax.stages: offline world built"):  # a failure ends every process
+        if multihost.is_writer():
             files = build()
+    if files is None:
+        files = build()
     return files
 
 

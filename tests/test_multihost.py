@@ -230,27 +230,51 @@ def test_processes_agree_on_the_lm_heads_target_index_width(job):
     assert p0["target_index"] == p1["target_index"] == [2, 40]  # process 0 alone would pick 8
 
 
-@pytest.mark.parametrize("where", ["judge", "augmentor", "endpoint"])
+@pytest.mark.parametrize("where", ["judge", "augmentor", "endpoint", "judge_url", "world"])
 def test_a_failure_on_process_0_stops_both_processes_with_its_message(tmp_path, where):
     """The judge (inside the assessment's chunk loop), the augmentor (a phase only process 0
-    runs) or the teacher's URL (checked by process 0 at start-up) fails on process 0: process 1
+    runs), the teacher's or the judge's URL (checked by process 0 at start-up) or the offline
+    world's build (process 0's, in the workdir) fails on process 0: process 1
     must not wait in a barrier until the coordination service gives up, but exit at once with
     process 0's error; the loop records nothing of the failed phase as done."""
     codes, texts = launch(__file__, lambda i: ["--fail", where, str(tmp_path), os.devnull], logdir=str(tmp_path),
                           timeout=90, stop_at_first_failure=False)
     assert all(code > 0 for code in codes), (codes, [t[-3000:] for t in texts])  # exited, none killed
-    message = "does not answer" if where == "endpoint" else f"{where} is down"
+    message = "does not answer" if where in ("endpoint", "judge_url") else f"{where} is down"
     assert message in texts[0]
     assert "process 0 failed before the barrier" in texts[1] and message in texts[1]
-    if where != "endpoint":
+    if where in ("judge", "augmentor"):
         with open(os.path.join(tmp_path, "distill", "state.json")) as f:
             state = json.load(f)
         assert (state["round"], state["phase"]) == (0, "assess" if where == "judge" else "augment")
 
 
 def failing_loop(workdir: str, where: str) -> None:
-    """run_loop's loop with process 0's judge or augmentor failing in round 0, or the CoMD run's
-    teacher endpoint, a URL where nothing listens."""
+    """run_loop's loop with process 0's judge or augmentor failing in round 0, the CoMD run's
+    teacher endpoint or judge a URL where nothing listens, or process 0's world build failing."""
+    if where == "world":
+        import jax
+        from comd_jax import stages
+        from comd_jax.configs.comd import get_config
+        from comd_jax.data.synthetic import prepare
+
+        def down(*args, **kwargs):
+            raise OSError("world is down")
+
+        if jax.process_index() == 0:
+            prepare.prepare_world = down
+        config = get_config("smoke")
+        stages.prepare_world_once(os.path.join(workdir, "world"), None, None, vocab_size=config.model.text.vocab_size,
+                                  in_workdir=True)
+        return
+    if where == "judge_url":
+        from comd_jax.configs.comd import get_config
+        from comd_jax.distill.driver import _judge_client
+
+        config = get_config("smoke")
+        config.distill.judge_url = f"http://127.0.0.1:{free_port()}/v1"
+        _judge_client(config, None)
+        return
     if where == "endpoint":
         from comd_jax.configs.comd import get_config
         from comd_jax.distill.endpoint import TeacherEndpoint

@@ -81,11 +81,11 @@ def run_ablation(config, workdir: str) -> dict:
             # One teacher for all: trained with the first seed, whatever this run's seed.
             teacher_seed = config.teacher_seed if config.teacher_seed >= 0 else config.ablation.seeds[0]
             cfg = _apply(config, {"seed": seed, "teacher_seed": teacher_seed, **overrides})
-            if first_run is not None:
-                _share(first_run, run_dir, teacher)
-            if first_of_seed is not None:
-                _share(first_of_seed, run_dir, student)
-            multihost.barrier(f"comd_jax.ablation: {name} seed {seed} linked")
+            with multihost.writing(f"comd_jax.ablation: {name} seed {seed} linked"):
+                if first_run is not None:
+                    _share(first_run, run_dir, teacher)
+                if first_of_seed is not None:
+                    _share(first_of_seed, run_dir, student)
             print(f"== ablation: {name}, seed {seed} -> {run_dir} ==", flush=True)
             out = run_comd(cfg, run_dir)
             first_run, first_of_seed = first_run or run_dir, first_of_seed or run_dir

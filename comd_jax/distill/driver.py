@@ -65,8 +65,9 @@ def _judge_client(config, teacher_client):
     from comd_jax.distill.endpoint import api_key
 
     url, key = openai_base(d.judge_url), api_key(config, "judge_api_key_env")
-    if multihost.is_writer():
-        check_answers(url, "judge_url", key)
+    with multihost.writing("comd_jax.distill: the judge URL answers"):  # process 0 asks it
+        if multihost.is_writer():
+            check_answers(url, "judge_url", key)
     return ChatClient(ClientConfig(base_url=url, model=d.judge_model or d.teacher_model, api_key=key or None,
                                    max_concurrency=d.concurrency))
 
@@ -188,7 +189,8 @@ def run_comd(config, workdir: str) -> dict:
     with multihost.writing("comd_jax.distill: the teacher endpoint can score"):  # process 0 asks it
         check_scoring(config)
     os.makedirs(workdir, exist_ok=True)
-    snapshot(config, workdir)  # what ran, whatever the teacher is (no key: keys live in the environment)
+    with multihost.writing("comd_jax.distill: config.json written"):  # process 0 writes it
+        snapshot(config, workdir)  # what ran, whatever the teacher is (no key: keys live in the environment)
     job = Job.start(config, workdir)
     kind = kind_for(job)
     student = LocalStudent(job, kind.pool.image_root)
