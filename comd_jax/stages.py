@@ -103,7 +103,7 @@ def prepare_world_once(root: str, spec, eval_spec, *, vocab_size: int, in_workdi
             builder.build(eval_spec, os.path.join(root, "tfds_heldout"))
         return files
 
-    if not in_workdir:
+    if not in_workdir:  # the same on every process: all workdirs are paths, or all are URLs
         return build()
     files = None
     with multihost.writing("comd_jax.stages: offline world built"):  # a failure ends every process

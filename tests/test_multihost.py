@@ -255,7 +255,6 @@ def failing_loop(workdir: str, where: str) -> None:
     if where == "world":
         import jax
         from comd_jax import stages
-        from comd_jax.configs.comd import get_config
         from comd_jax.data.synthetic import prepare
 
         def down(*args, **kwargs):
@@ -263,9 +262,7 @@ def failing_loop(workdir: str, where: str) -> None:
 
         if jax.process_index() == 0:
             prepare.prepare_world = down
-        config = get_config("smoke")
-        stages.prepare_world_once(os.path.join(workdir, "world"), None, None, vocab_size=config.model.text.vocab_size,
-                                  in_workdir=True)
+        stages.prepare_world_once(os.path.join(workdir, "world"), None, None, vocab_size=64, in_workdir=True)
         return
     if where == "judge_url":
         from comd_jax.configs.comd import get_config
