@@ -33,7 +33,22 @@ def test_process_0_links_and_writes_and_both_see_the_links(tmp_path):
     assert p0["summary"]["plain"]["runs"] == [[0.0, 1.0], [10.0, 11.0]]
 
 
-def main(process_id: int, port: int, root: str, report: str):
+def test_a_link_failing_on_process_0_stops_both_processes_with_its_message(tmp_path):
+    """Process 0 cannot make the second run's links (a full disk, a read-only share): process 1
+    must leave the links' barrier at once with process 0's error, not wait there until the
+    coordination service gives up, and neither starts the run that lacks its links."""
+    root = str(tmp_path)
+    codes, texts = test_multihost.launch(__file__, lambda i: [root, os.path.join(root, f"report{i}.json"), "fail_link"],
+                                         logdir=root, timeout=60, stop_at_first_failure=False)
+    assert all(code > 0 for code in codes), (codes, [t[-3000:] for t in texts])  # exited, none killed
+    assert "link is down" in texts[0]
+    assert "process 0 failed before the barrier" in texts[1] and "link is down" in texts[1]
+    for text in texts:  # only comd/seed0 ran: plain/seed0 is the first run with links to make
+        assert "fake run start comd/seed0" in text and "fake run start plain/seed0" not in text
+    assert not os.path.exists(os.path.join(root, "ablation.json"))
+
+
+def main(process_id: int, port: int, root: str, report: str, fail: str = ""):
     import builtins
 
     import jax
@@ -46,6 +61,7 @@ def main(process_id: int, port: int, root: str, report: str):
     seen, linked, written = [], [0], []
 
     def fake_run(cfg, run_dir):
+        print("fake run start", os.path.relpath(run_dir, root), flush=True)
         seen.append([os.path.relpath(run_dir, root),
                      [p for p in PARTS if os.path.islink(os.path.join(run_dir, p))]])
         if multihost.is_writer():
@@ -59,6 +75,8 @@ def main(process_id: int, port: int, root: str, report: str):
     symlink, open_ = os.symlink, builtins.open
 
     def counted_symlink(*args, **kwargs):
+        if fail == "fail_link":
+            raise OSError("link is down")
         linked[0] += 1
         return symlink(*args, **kwargs)
 
@@ -78,4 +96,4 @@ def main(process_id: int, port: int, root: str, report: str):
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4])
+    main(int(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:])
